@@ -1,0 +1,18 @@
+"""Registry of recon families: name -> where its Family class lives (imported when enabled)."""
+
+from __future__ import annotations
+
+import importlib
+
+from threegen.common.v1 import common_pb2
+
+REGISTRY = {
+    "triposr": ("services.recon.families.triposr.family", "TripoSRFamily", common_pb2.FAMILY_TRIPOSR),
+}
+
+NAME_BY_ENUM = {enum: name for name, (_, _, enum) in REGISTRY.items()}
+
+
+def family_class(name: str) -> type:
+    module, attr, _ = REGISTRY[name]
+    return getattr(importlib.import_module(module), attr)

@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny checkpoints written once per session, and a full in-process stack."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.servers import ServerThread, serving
+
+LOCAL = {"host": "127.0.0.1", "port": 0, "log_format": "plain"}
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from threegen.tiny import ensure_tiny_weights
+
+    root = (
+        Path(os.environ.get("THREEGEN_TEST_TINY_DIR", ""))
+        if os.environ.get("THREEGEN_TEST_TINY_DIR")
+        else None
+    )
+    return ensure_tiny_weights(root or tmp_path_factory.mktemp("tiny"))
+
+
+def imagegen_service(tiny: dict[str, Path], **overrides):
+    from services.imagegen.server import build
+    from services.imagegen.settings import ImageGenSettings
+
+    settings = ImageGenSettings.from_env(
+        {},
+        **LOCAL,
+        sd_turbo_model=str(tiny["sd-turbo"]),
+        sdxl_turbo_model=str(tiny["sdxl-turbo"]),
+        **overrides,
+    )
+    return build(settings)
+
+
+def recon_service(tiny: dict[str, Path], **overrides):
+    from services.recon.server import build
+    from services.recon.settings import ReconSettings
+
+    return build(ReconSettings.from_env({}, **LOCAL, triposr_model=str(tiny["triposr"]), **overrides))
+
+
+def render_service(**overrides):
+    from services.render.server import build
+    from services.render.settings import RenderSettings
+
+    return build(RenderSettings.from_env({}, **LOCAL, **overrides))
+
+
+def gateway_service(imagegen: str, recon: str, render: str, **overrides):
+    from gateway.server import build
+    from gateway.settings import GatewaySettings
+
+    return build(
+        GatewaySettings.from_env(
+            {}, **LOCAL, imagegen_address=imagegen, recon_address=recon, render_address=render, **overrides
+        )
+    )
+
+
+@dataclass
+class Stack:
+    imagegen: ServerThread
+    recon: ServerThread
+    render: ServerThread
+    gateway: ServerThread
+
+
+@pytest.fixture(scope="session")
+def stack(tiny: dict[str, Path]) -> Iterator[Stack]:
+    with (
+        serving(imagegen_service(tiny)) as imagegen,
+        serving(recon_service(tiny)) as recon,
+        serving(render_service()) as render,
+        serving(gateway_service(imagegen.address, recon.address, render.address)) as gateway,
+    ):
+        yield Stack(imagegen, recon, render, gateway)

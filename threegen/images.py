@@ -1,0 +1,46 @@
+"""Decode untrusted image bytes safely: known formats only, bounded pixel count, fully read."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image
+
+from threegen.errors import InvalidArgument
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
+MAX_PIXELS = 4096 * 4096
+
+
+def decode_image(data: bytes, field: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Return a loaded PIL image or raise INVALID_ARGUMENT naming `field`."""
+    if not data:
+        raise InvalidArgument([(field, "is empty")])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise InvalidArgument(
+                    [(field, f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")]
+                )
+            image.load()
+    except InvalidArgument:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidArgument([(field, f"image is too large to decode: {exc}")]) from None
+    except Exception as exc:
+        raise InvalidArgument(
+            [(field, f"not a readable {'/'.join(ALLOWED_FORMATS)} image ({type(exc).__name__}: {exc})")]
+        ) from None
+    if image.mode not in ("RGB", "RGBA"):
+        image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
+    return image
+
+
+def encode_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

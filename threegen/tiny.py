@@ -1,0 +1,68 @@
+"""Tiny random-weight checkpoints for every model, written once on first use.
+
+`threegen up --tiny` and the tests point the services at these folders; they are written
+by the project in each model's real on-disk format and loaded through the real loaders.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+VERSION = "3"  # bump when a writer changes, so stale folders are rewritten
+
+
+def default_root() -> Path:
+    configured = os.environ.get("THREEGEN_TINY_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
+    return cache / "threegen" / "tiny"
+
+
+def _writers() -> dict[str, object]:
+    from services.imagegen.tiny import write_tiny_clip, write_tiny_sd_turbo, write_tiny_sdxl_turbo
+    from services.recon.families.triposr.tiny import write_tiny_triposr
+
+    return {
+        "sd-turbo": write_tiny_sd_turbo,
+        "sdxl-turbo": write_tiny_sdxl_turbo,
+        "clip": write_tiny_clip,
+        "triposr": write_tiny_triposr,
+    }
+
+
+def ensure_tiny_weights(root: Path | None = None) -> dict[str, Path]:
+    """Write any missing tiny checkpoint under root (atomically); return name -> folder."""
+    root = root or default_root()
+    root.mkdir(parents=True, exist_ok=True)
+    folders = {}
+    for name, writer in _writers().items():
+        folder = root / name
+        marker = folder / ".threegen-tiny"
+        if not (marker.exists() and marker.read_text() == VERSION):
+            scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+            try:
+                writer(scratch)  # type: ignore[operator]
+                (scratch / ".threegen-tiny").write_text(VERSION)
+                if folder.exists():
+                    shutil.rmtree(folder)
+                scratch.rename(folder)
+            finally:
+                if scratch.exists():
+                    shutil.rmtree(scratch, ignore_errors=True)
+        folders[name] = folder
+    return folders
+
+
+def tiny_environment(folders: dict[str, Path]) -> dict[str, str]:
+    """Environment that points every service at the tiny checkpoints."""
+    return {
+        "THREEGEN_IMAGEGEN_SD_TURBO_MODEL": str(folders["sd-turbo"]),
+        "THREEGEN_IMAGEGEN_SDXL_TURBO_MODEL": str(folders["sdxl-turbo"]),
+        "THREEGEN_IMAGEGEN_CLIP_MODEL": str(folders["clip"]),
+        "THREEGEN_RECON_TRIPOSR_MODEL": str(folders["triposr"]),
+        "HF_HUB_OFFLINE": "1",
+    }

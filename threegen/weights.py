@@ -1,0 +1,73 @@
+"""Find model weights: a local folder, or a Hugging Face repo id in the HF cache.
+
+On a machine with a network, a repo id missing from the cache is fetched into HF_HOME by
+huggingface_hub; with HF_HUB_OFFLINE=1 (or no network) only the cache is used and a clear
+error says what is missing and how to provide it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger("threegen.weights")
+
+
+class WeightsNotFound(FileNotFoundError):
+    """The weights named by a setting cannot be found locally nor fetched."""
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve(source: str, *, setting: str = "", allow_patterns: list[str] | None = None) -> Path:
+    """Return a local folder holding the weights named by `source`.
+
+    `source` is a directory path, or `org/name` optionally followed by `@revision`.
+    """
+    hint = f" (set {setting})" if setting else ""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if source.startswith(("/", "./", "../", "~")) or source.count("/") != 1:
+        raise WeightsNotFound(f"weights folder {source!r} does not exist{hint}")
+    repo_id, _, revision = source.partition("@")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        folder = snapshot_download(
+            repo_id,
+            revision=revision or None,
+            allow_patterns=allow_patterns,
+            local_files_only=offline(),
+        )
+    except LocalEntryNotFoundError as exc:
+        where = os.environ.get("HF_HOME", "~/.cache/huggingface")
+        mode = "HF_HUB_OFFLINE is set" if offline() else "the hub could not be reached"
+        raise WeightsNotFound(
+            f"{repo_id} is not in the Hugging Face cache under {where} and {mode}{hint}; "
+            f"download it on a networked machine or point the setting at a local folder"
+        ) from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise WeightsNotFound(f"could not fetch {repo_id}: {exc}{hint}") from exc
+    return Path(str(folder))
+
+
+def pick_device(preference: str = "auto") -> str:
+    """`auto` means the first CUDA device when torch sees one, otherwise the CPU."""
+    if preference != "auto":
+        return preference
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def module_bytes(module: object) -> int:
+    """Bytes held by a torch module's parameters and buffers."""
+    total = 0
+    for tensor in [*module.parameters(), *module.buffers()]:  # type: ignore[attr-defined]
+        total += tensor.numel() * tensor.element_size()
+    return total
