@@ -114,21 +114,24 @@ class GeneratePipeline:
             f"inline image of {len(request.image)} bytes exceeds the limit of "
             f"{self.settings.max_inline_image_bytes} bytes",
         )
-        v.raise_if_any()
-        if request.image:
-            await asyncio.to_thread(decode_image, request.image, "image", self.settings.max_image_pixels)
         checks = [self._check_recon(request), self._check_render(request)]
+        if request.image and not v.items:
+            checks.append(
+                asyncio.to_thread(decode_image, request.image, "image", self.settings.max_image_pixels)
+            )
         if not request.image:
             checks.append(self._check_imagegen(request))
         results = await asyncio.gather(*checks, return_exceptions=True)
-        violations: list[tuple[str, str]] = []
+        # Every problem at once; where we already named a field, the backend's echo is dropped.
+        ours = {field for field, _ in v.items}
         for result in results:
             if isinstance(result, InvalidArgument):
-                violations.extend(result.violations)
+                for field, description in result.violations:
+                    if field not in ours:
+                        v.add(field, description)
             elif isinstance(result, BaseException):
                 raise result
-        if violations:
-            raise InvalidArgument(violations)
+        v.raise_if_any()
 
     async def _drain(self, call: object, backend: str, rename: Callable[[str], str]) -> None:
         try:

@@ -22,33 +22,25 @@ LOCAL = {"host": "127.0.0.1", "port": 0, "log_format": "plain"}
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from threegen.tiny import ensure_tiny_weights
 
-    root = (
-        Path(os.environ.get("THREEGEN_TEST_TINY_DIR", ""))
-        if os.environ.get("THREEGEN_TEST_TINY_DIR")
-        else None
-    )
-    return ensure_tiny_weights(root or tmp_path_factory.mktemp("tiny"))
+    configured = os.environ.get("THREEGEN_TEST_TINY_DIR")
+    return ensure_tiny_weights(Path(configured) if configured else tmp_path_factory.mktemp("tiny"))
 
 
 def imagegen_service(tiny: dict[str, Path], **overrides):
     from services.imagegen.server import build
     from services.imagegen.settings import ImageGenSettings
 
-    settings = ImageGenSettings.from_env(
-        {},
-        **LOCAL,
-        sd_turbo_model=str(tiny["sd-turbo"]),
-        sdxl_turbo_model=str(tiny["sdxl-turbo"]),
-        **overrides,
-    )
-    return build(settings)
+    overrides.setdefault("sd_turbo_model", str(tiny["sd-turbo"]))
+    overrides.setdefault("sdxl_turbo_model", str(tiny["sdxl-turbo"]))
+    return build(ImageGenSettings.from_env({}, **LOCAL, **overrides))
 
 
 def recon_service(tiny: dict[str, Path], **overrides):
     from services.recon.server import build
     from services.recon.settings import ReconSettings
 
-    return build(ReconSettings.from_env({}, **LOCAL, triposr_model=str(tiny["triposr"]), **overrides))
+    overrides.setdefault("triposr_model", str(tiny["triposr"]))
+    return build(ReconSettings.from_env({}, **LOCAL, **overrides))
 
 
 def render_service(**overrides):

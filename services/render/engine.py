@@ -90,6 +90,23 @@ def rotation_y(angle: float) -> np.ndarray:
     return m
 
 
+SHARP_EDGE_FACE_LIMIT = 20_000
+
+
+def shading_mesh(mesh: object) -> object:
+    """The mesh with vertices split where faces meet at a sharp angle (keeps colours).
+
+    Finding sharp edges costs about 1 s per 100k faces; large meshes (marching-cubes output)
+    are smooth anyway, so they are shaded as they are.
+    """
+    if len(mesh.faces) > SHARP_EDGE_FACE_LIMIT:  # type: ignore[attr-defined]
+        return mesh
+    try:
+        return mesh.smooth_shaded  # type: ignore[attr-defined]
+    except Exception:  # degenerate meshes: fall back to the mesh as it is
+        return mesh
+
+
 class Stage:
     """A pyrender scene holding one object, framed to fill the view, lit from the camera and above."""
 
@@ -101,8 +118,9 @@ class Stage:
         self.center = (lo + hi) / 2.0
         radius = float(np.linalg.norm(vertices - self.center, axis=1).max()) or 1.0
         distance = radius / math.sin(YFOV / 2.0) * 1.05
-        self.scene = pyrender.Scene(bg_color=[*background, 1.0], ambient_light=[0.35, 0.35, 0.35])
-        self.node = self.scene.add(pyrender.Mesh.from_trimesh(mesh, smooth=True))
+        self.scene = pyrender.Scene(bg_color=[*background, 1.0], ambient_light=[0.25, 0.25, 0.25])
+        # Smooth shading, but with vertices split along sharp edges so boxes keep crisp corners.
+        self.node = self.scene.add(pyrender.Mesh.from_trimesh(shading_mesh(mesh), smooth=True))
         elevation = math.radians(elevation_deg)
         eye = np.array([0.0, distance * math.sin(elevation), distance * math.cos(elevation)])
         camera_pose = look_at(eye, np.zeros(3), np.array([0.0, 1.0, 0.0]))
@@ -110,9 +128,9 @@ class Stage:
             pyrender.PerspectiveCamera(yfov=YFOV, aspectRatio=1.0, znear=distance * 0.01, zfar=distance * 4),
             pose=camera_pose,
         )
-        self.scene.add(pyrender.DirectionalLight(intensity=2.5), pose=camera_pose)
+        self.scene.add(pyrender.DirectionalLight(intensity=1.2), pose=camera_pose)
         key = look_at(np.array([-1.0, 2.0, 1.0]), np.zeros(3), np.array([0.0, 1.0, 0.0]))
-        self.scene.add(pyrender.DirectionalLight(intensity=2.0), pose=key)
+        self.scene.add(pyrender.DirectionalLight(intensity=1.8), pose=key)
 
     def turn(self, angle: float) -> None:
         centre = np.eye(4)

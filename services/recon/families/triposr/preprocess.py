@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from threegen.errors import InvalidArgument
+
 
 def has_transparency(image: Image.Image) -> bool:
     if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
@@ -26,7 +28,7 @@ def resize_foreground(image: Image.Image, ratio: float) -> Image.Image:
     rows = np.flatnonzero(alpha.any(axis=1))
     cols = np.flatnonzero(alpha.any(axis=0))
     if len(rows) == 0:
-        raise ValueError("the image is fully transparent: there is no object to reconstruct")
+        raise InvalidArgument([("image", "is fully transparent: there is no object to reconstruct")])
     crop = rgba[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     h, w = crop.shape[:2]
     side = max(h, w)

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install (with dev tools), lint, check the contracts, run the tests.   bash scripts/test.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --dev
+export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1
+
+echo "== ruff"
+ruff check .
+ruff format --check .
+
+echo "== stubs are generated from the protos"
+python -m threegen.protogen --check
+
+echo "== buf lint / breaking"
+bash scripts/buf.sh
+
+echo "== tests"
+python -m pytest "$@"

@@ -1,0 +1,38 @@
+"""Small request builders shared by tests."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from threegen.chunks import Artifact, iter_chunks
+from threegen.recon.v1 import recon_pb2
+
+
+def png_bytes(size: int = 64, seed: int = 0, mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = 4 if mode == "RGBA" else 3
+    pixels = rng.integers(0, 255, (size, size, channels), dtype=np.uint8)
+    if mode == "RGBA":
+        pixels[..., 3] = 0
+        pixels[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4, 3] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def recon_requests(
+    image: bytes | None, options: recon_pb2.ReconOptions | None = None, seed: int = 1, **params
+):
+    yield recon_pb2.ReconstructRequest(
+        params=recon_pb2.ReconstructParams(seed=seed, options=options or recon_pb2.ReconOptions(), **params)
+    )
+    if image is not None:
+        for chunk in iter_chunks(Artifact("input.png", image)):
+            yield recon_pb2.ReconstructRequest(image=chunk)
+
+
+def triposr(mc_resolution: int) -> recon_pb2.ReconOptions:
+    return recon_pb2.ReconOptions(triposr=recon_pb2.TripoSROptions(mc_resolution=mc_resolution))
