@@ -32,6 +32,8 @@ def imagegen_service(tiny: dict[str, Path], **overrides):
 
     overrides.setdefault("sd_turbo_model", str(tiny["sd-turbo"]))
     overrides.setdefault("sdxl_turbo_model", str(tiny["sdxl-turbo"]))
+    overrides.setdefault("clip_model", str(tiny["clip"]))
+    overrides.setdefault("rembg_model", str(tiny["rembg"] / "u2net-tiny.onnx"))
     return build(ImageGenSettings.from_env({}, **LOCAL, **overrides))
 
 
@@ -40,6 +42,7 @@ def recon_service(tiny: dict[str, Path], **overrides):
     from services.recon.settings import ReconSettings
 
     overrides.setdefault("triposr_model", str(tiny["triposr"]))
+    overrides.setdefault("rembg_model", str(tiny["rembg"] / "u2net-tiny.onnx"))
     return build(ReconSettings.from_env({}, **LOCAL, **overrides))
 
 

@@ -9,7 +9,7 @@ import pytest
 from services.recon.settings import ReconSettings
 from services.render.settings import RenderSettings
 from threegen.config import ConfigError
-from threegen.settings_table import markdown
+from threegen.settings_table import markdown, readme_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -41,8 +41,7 @@ def test_seed_variable_names_are_fallbacks_and_prefixed_names_win() -> None:
 
 
 def test_readme_config_table_is_current() -> None:
-    text = README.read_text()
-    start, end = "<!-- config-table:start -->", "<!-- config-table:end -->"
-    assert start in text and end in text
-    current = text.split(start, 1)[1].split(end, 1)[0].strip()
-    assert current == markdown().strip(), "README config table is stale: run `threegen config` and paste it"
+    current = readme_table(README.read_text())
+    assert current == markdown().strip(), (
+        "README config table is stale: run `threegen config --readme README.md`"
+    )

@@ -15,8 +15,9 @@ from services.recon.families.triposr.config import ConfigInvalid, load_config
 from services.recon.families.triposr.engine import TripoSREngine, TripoSRParams
 from services.recon.families.triposr.isosurface import EmptySurface
 from services.recon.families.triposr.loader import CheckpointMismatch, load
-from services.recon.families.triposr.preprocess import prepare, resize_foreground
+from services.recon.families.triposr.preprocess import prepare
 from threegen.errors import Cancelled
+from threegen.images import resize_foreground
 from threegen.runtime.work import Reporter
 from threegen.weights import WeightsNotFound
 

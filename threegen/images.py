@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import warnings
 
+import numpy as np
 from PIL import Image
 
 from threegen.errors import InvalidArgument
@@ -44,3 +45,29 @@ def encode_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+def has_transparency(image: Image.Image) -> bool:
+    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+        return False
+    alpha = np.asarray(image.convert("RGBA"))[..., 3]
+    return bool((alpha < 255).any())
+
+
+def resize_foreground(image: Image.Image, ratio: float) -> Image.Image:
+    """Crop RGBA to the alpha bounding box and centre it on a transparent square whose side is
+    the box's longer side / ratio: the framing single-image 3D models are trained on."""
+    rgba = np.asarray(image.convert("RGBA"))
+    alpha = rgba[..., 3]
+    rows = np.flatnonzero(alpha.any(axis=1))
+    cols = np.flatnonzero(alpha.any(axis=0))
+    if len(rows) == 0:
+        raise InvalidArgument([("image", "is fully transparent: there is no object to reconstruct")])
+    crop = rgba[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    h, w = crop.shape[:2]
+    side = max(h, w)
+    canvas = round(side / ratio)
+    out = np.zeros((canvas, canvas, 4), dtype=np.uint8)
+    top, left = (canvas - h) // 2, (canvas - w) // 2
+    out[top : top + h, left : left + w] = crop
+    return Image.fromarray(out, "RGBA")

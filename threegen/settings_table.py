@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def all_settings() -> list[type]:
     from gateway.settings import GatewaySettings
@@ -21,3 +23,17 @@ def markdown() -> str:
         "`HF_HOME`, `HF_HUB_OFFLINE`, `HF_TOKEN`, `PYOPENGL_PLATFORM`, `PYTORCH_CUDA_ALLOC_CONF`.\n\n"
         + markdown_table(all_settings(), ServerSettings)
     )
+
+
+START, END = "<!-- config-table:start -->", "<!-- config-table:end -->"
+
+
+def readme_table(text: str) -> str:
+    return text.split(START, 1)[1].split(END, 1)[0].strip()
+
+
+def update_readme(path: Path) -> None:
+    text = path.read_text()
+    before, rest = text.split(START, 1)
+    after = rest.split(END, 1)[1]
+    path.write_text(f"{before}{START}\n{markdown()}\n{END}{after}")

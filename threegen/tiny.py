@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-VERSION = "3"  # bump when a writer changes, so stale folders are rewritten
+VERSION = "4"  # bump when a writer changes, so stale folders are rewritten
 
 
 def default_root() -> Path:
@@ -23,13 +23,19 @@ def default_root() -> Path:
 
 
 def _writers() -> dict[str, object]:
-    from services.imagegen.tiny import write_tiny_clip, write_tiny_sd_turbo, write_tiny_sdxl_turbo
+    from services.imagegen.tiny import (
+        write_tiny_clip,
+        write_tiny_rembg,
+        write_tiny_sd_turbo,
+        write_tiny_sdxl_turbo,
+    )
     from services.recon.families.triposr.tiny import write_tiny_triposr
 
     return {
         "sd-turbo": write_tiny_sd_turbo,
         "sdxl-turbo": write_tiny_sdxl_turbo,
         "clip": write_tiny_clip,
+        "rembg": write_tiny_rembg,
         "triposr": write_tiny_triposr,
     }
 
@@ -63,6 +69,8 @@ def tiny_environment(folders: dict[str, Path]) -> dict[str, str]:
         "THREEGEN_IMAGEGEN_SD_TURBO_MODEL": str(folders["sd-turbo"]),
         "THREEGEN_IMAGEGEN_SDXL_TURBO_MODEL": str(folders["sdxl-turbo"]),
         "THREEGEN_IMAGEGEN_CLIP_MODEL": str(folders["clip"]),
+        "THREEGEN_IMAGEGEN_REMBG_MODEL": str(folders["rembg"] / "u2net-tiny.onnx"),
         "THREEGEN_RECON_TRIPOSR_MODEL": str(folders["triposr"]),
+        "THREEGEN_RECON_REMBG_MODEL": str(folders["rembg"] / "u2net-tiny.onnx"),
         "HF_HUB_OFFLINE": "1",
     }

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from threegen.errors import Violations
 from threegen.imagegen.v1 import imagegen_pb2
 
 MAX_PROMPT_CHARS = 1000
 MAX_VIEWS = 8
+MAX_LORAS = 8
 MODEL_BY_ENUM = {
     imagegen_pb2.IMAGE_MODEL_SD_TURBO: "sd-turbo",
     imagegen_pb2.IMAGE_MODEL_SDXL_TURBO: "sdxl-turbo",
 }
+LORA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass
@@ -28,6 +31,13 @@ class ImageParams:
     height: int = 512
     num_views: int = 1
     top_k: int = 1
+    loras: tuple[tuple[str, float], ...] = field(default_factory=tuple)
+    remove_background: bool = False
+    foreground_ratio: float = 0.85
+
+    def batch_key(self) -> tuple:
+        """Requests with equal keys can share one forward pass."""
+        return (self.model, self.steps, self.guidance_scale, self.width, self.height, self.loras)
 
 
 def check_prompt(prompt: str, v: Violations, field: str = "prompt") -> None:
@@ -71,6 +81,21 @@ def check_options(
     v.in_range(views, 1, MAX_VIEWS, f"{prefix}.num_views")
     top_k = o.top_k or min(2, views)
     v.check(top_k <= views, f"{prefix}.top_k", f"must be at most num_views ({views}), got {top_k}")
+    v.check(len(o.loras) <= MAX_LORAS, f"{prefix}.loras", f"at most {MAX_LORAS} LoRAs, got {len(o.loras)}")
+    loras = []
+    for index, lora in enumerate(o.loras):
+        where = f"{prefix}.loras[{index}]"
+        v.check(
+            bool(LORA_NAME.match(lora.name)) and ".." not in lora.name,
+            f"{where}.name",
+            "must be a file name in the LoRA folder (letters, digits, '.', '_', '-'), not a path",
+        )
+        scale = lora.scale or 1.0
+        v.in_range(scale, -4.0, 4.0, f"{where}.scale")
+        loras.append((lora.name.removesuffix(".safetensors"), scale))
+    v.check(len({n for n, _ in loras}) == len(loras), f"{prefix}.loras", "names a LoRA twice")
+    ratio = o.foreground_ratio or 0.85
+    v.in_range(ratio, 0.5, 1.0, f"{prefix}.foreground_ratio")
     return ImageParams(
         prompt="",
         seed=0,
@@ -82,6 +107,9 @@ def check_options(
         height=sizes["height"],
         num_views=views,
         top_k=top_k,
+        loras=tuple(loras),
+        remove_background=o.remove_background,
+        foreground_ratio=ratio,
     )
 
 

@@ -1,19 +1,24 @@
-"""Text -> images with SD-Turbo / SDXL-Turbo through diffusers (no gRPC here)."""
+"""Text -> images with SD-Turbo / SDXL-Turbo through diffusers (no gRPC here).
+
+A request waits in the batcher, runs (possibly together with others) on the GPU thread,
+then its candidates are re-ranked by CLIP and, if asked, cut out with rembg.
+"""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
 
+from services.imagegen.batching import Batcher, Ticket
+from services.imagegen.models import ClipScorer, LoraLibrary, ModelStore
 from services.imagegen.params import ImageParams
-from services.imagegen.settings import ImageGenSettings
+from threegen.background import BackgroundRemover
+from threegen.errors import Cancelled, Unavailable
 from threegen.runtime.work import Reporter
-from threegen.weights import module_bytes, resolve
 
 log = logging.getLogger("threegen.imagegen")
 
@@ -31,104 +36,96 @@ class ImageResult:
     views: list[View]
     model: str
     timings: list[tuple[str, float]] = field(default_factory=list)
-
-
-class ModelStore:
-    """Loads diffusers pipelines from their folders and keeps them resident."""
-
-    def __init__(self, settings: ImageGenSettings, device: str):
-        self.settings = settings
-        self.device = device
-        self.dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        self._pipes: dict[str, object] = {}
-        self._errors: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def source(self, name: str) -> str:
-        return self.settings.sd_turbo_model if name == "sd-turbo" else self.settings.sdxl_turbo_model
-
-    def loaded(self, name: str) -> bool:
-        return name in self._pipes
-
-    def error(self, name: str) -> str:
-        return self._errors.get(name, "")
-
-    def memory(self, name: str) -> int:
-        pipe = self._pipes.get(name)
-        if pipe is None:
-            return 0
-        return sum(module_bytes(m) for m in pipe.components.values() if isinstance(m, torch.nn.Module))  # type: ignore[attr-defined]
-
-    def get(self, name: str) -> object:
-        with self._lock:
-            pipe = self._pipes.get(name)
-            if pipe is None:
-                try:
-                    pipe = self._load(name)
-                except Exception as exc:
-                    self._errors[name] = f"{type(exc).__name__}: {exc}"
-                    raise
-                self._errors.pop(name, None)
-                self._pipes[name] = pipe
-            return pipe
-
-    def _load(self, name: str) -> object:
-        from diffusers import AutoPipelineForText2Image
-
-        setting = (
-            "THREEGEN_IMAGEGEN_SD_TURBO_MODEL" if name == "sd-turbo" else "THREEGEN_IMAGEGEN_SDXL_TURBO_MODEL"
-        )
-        folder = resolve(self.source(name), setting=setting)
-        variant = None
-        if (
-            self.dtype == torch.float16
-            and (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").exists()
-        ):
-            variant = "fp16"
-        started = time.perf_counter()
-        pipe = AutoPipelineForText2Image.from_pretrained(str(folder), dtype=self.dtype, variant=variant)
-        pipe.set_progress_bar_config(disable=True)
-        pipe = pipe.to(self.device)
-        log.info(
-            "loaded %s from %s on %s in %.1f s", name, folder, self.device, time.perf_counter() - started
-        )
-        return pipe
+    batch_size: int = 1
 
 
 class ImageGenerator:
-    def __init__(self, store: ModelStore):
+    def __init__(
+        self,
+        store: ModelStore,
+        loras: LoraLibrary,
+        clip: ClipScorer,
+        background: BackgroundRemover,
+        window_s: float,
+        max_batch_images: int,
+    ):
         self.store = store
+        self.loras = loras
+        self.clip = clip
+        self.background = background
+        self.batcher = Batcher(self._run_batch, window_s, max_batch_images)
+
+    def _run_batch(self, tickets: list[Ticket]) -> None:
+        first: ImageParams = tickets[0].params
+        started = time.perf_counter()
+        with self.store.use(first.model) as resident:
+            self.loras.apply(resident, first.loras)
+            prompts, negatives, generators = [], [], []
+            for ticket in tickets:
+                p: ImageParams = ticket.params
+                for i in range(p.num_views):
+                    prompts.append(p.prompt)
+                    negatives.append(p.negative_prompt)
+                    generators.append(
+                        torch.Generator(device=self.store.device).manual_seed((p.seed + i) % 2**32)
+                    )
+            others = f" (batched with {len(tickets) - 1} other requests)" if len(tickets) > 1 else ""
+
+            def on_step(_pipe: object, step: int, _timestep: object, kwargs: dict) -> dict:
+                message = f"step {step + 1}/{first.steps}{others}"
+                alive = [t.report("denoise", (step + 1) / first.steps, message) for t in tickets]
+                if not any(alive):
+                    raise Cancelled("every request of the batch was cancelled")
+                return kwargs
+
+            use_cfg = first.guidance_scale > 1.0
+            output = resident.pipe(  # type: ignore[operator]
+                prompt=prompts,
+                negative_prompt=negatives if use_cfg and any(negatives) else None,
+                num_inference_steps=first.steps,
+                guidance_scale=first.guidance_scale,
+                width=first.width,
+                height=first.height,
+                generator=generators,
+                callback_on_step_end=on_step,
+            )
+        seconds = time.perf_counter() - started
+        offset = 0
+        for ticket in tickets:
+            count = ticket.params.num_views
+            ticket.result = (output.images[offset : offset + count], seconds)
+            offset += count
 
     def generate(self, params: ImageParams, reporter: Reporter) -> ImageResult:
-        timings: list[tuple[str, float]] = []
-        started = time.perf_counter()
-        reporter.progress("load", 0.0, f"preparing {params.model}")
-        pipe = self.store.get(params.model)
-        timings.append(("load", time.perf_counter() - started))
-        denoise = reporter.span(0.0, 0.9)
-
-        def on_step(_pipe: object, step: int, _timestep: object, kwargs: dict) -> dict:
-            denoise.progress("denoise", (step + 1) / params.steps, f"step {step + 1}/{params.steps}")
-            return kwargs
-
-        device = self.store.device
-        generators = [
-            torch.Generator(device=device).manual_seed((params.seed + i) % 2**32)
-            for i in range(params.num_views)
+        if params.num_views > 1 and self.clip.model is None:
+            try:
+                self.clip.load()
+            except Exception as exc:
+                raise Unavailable(
+                    f"CLIP re-ranking is unavailable ({self.clip.error}); ask for one view"
+                ) from exc
+        queued = time.perf_counter()
+        reporter.progress("queued", 0.0, "waiting for the GPU")
+        ticket = self.batcher.submit(params, reporter.span(0.0, 0.85), params.num_views, params.batch_key())
+        images, diffusion_seconds = ticket.result
+        timings = [
+            ("wait", time.perf_counter() - queued - diffusion_seconds),
+            ("diffusion", diffusion_seconds),
         ]
-        started = time.perf_counter()
-        output = pipe(  # type: ignore[operator]
-            prompt=params.prompt,
-            negative_prompt=params.negative_prompt or None,
-            num_inference_steps=params.steps,
-            guidance_scale=params.guidance_scale,
-            width=params.width,
-            height=params.height,
-            num_images_per_prompt=params.num_views,
-            generator=generators,
-            callback_on_step_end=on_step,
-        )
-        timings.append(("diffusion", time.perf_counter() - started))
-        views = [View(image, i, (params.seed + i) % 2**32) for i, image in enumerate(output.images)]
+        views = [View(image, i, (params.seed + i) % 2**32) for i, image in enumerate(images)]
+        if len(views) > 1:
+            started = time.perf_counter()
+            for view, score in zip(views, self.clip.scores(params.prompt, images), strict=True):
+                view.clip_score = score
+            views.sort(key=lambda v: (-v.clip_score, v.candidate))
+            timings.append(("rerank", time.perf_counter() - started))
+            reporter.progress("rerank", 0.9, f"best CLIP score {views[0].clip_score:.1f}")
+        views = views[: params.top_k]
+        if params.remove_background:
+            started = time.perf_counter()
+            for view in views:
+                reporter.check()
+                view.image = self.background.cutout(view.image, params.foreground_ratio)
+            timings.append(("remove_background", time.perf_counter() - started))
         reporter.progress("done", 1.0)
-        return ImageResult(views[: params.top_k], params.model, timings)
+        return ImageResult(views, params.model, timings, ticket.batch_size)

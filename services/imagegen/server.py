@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -18,6 +19,7 @@ from threegen.runtime.server import Runtime, Service
 from threegen.runtime.work import Done
 from threegen.weights import pick_device
 
+log = logging.getLogger("threegen.imagegen")
 SERVICE_NAME = imagegen_pb2.DESCRIPTOR.services_by_name["ImageGenService"].full_name
 
 
@@ -31,6 +33,9 @@ class ImageGenServicer(imagegen_pb2_grpc.ImageGenServiceServicer):
         self, request: imagegen_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[imagegen_pb2.GenerateResponse]:
         params = validate(request, default_model=self.settings.default_model, max_side=self.settings.max_side)
+        self.state["loras"].check(params.loras)
+        if not params.loras:
+            params.loras = self.state.get("default_loras", ())
         if request.validate_only:
             yield imagegen_pb2.GenerateResponse(result=imagegen_pb2.GenerateResult(seed=params.seed))
             return
@@ -74,6 +79,7 @@ class ImageGenServicer(imagegen_pb2_grpc.ImageGenServiceServicer):
         self, request: imagegen_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> imagegen_pb2.ListModelsResponse:
         store = self.state.get("store")
+        device = store.device if store else ""
         models = []
         for name in MODEL_NAMES:
             if store is None:
@@ -91,10 +97,31 @@ class ImageGenServicer(imagegen_pb2_grpc.ImageGenServiceServicer):
                     if name == "sd-turbo"
                     else self.settings.sdxl_turbo_model,
                     state=state,
-                    device=store.device if store else "",
+                    device=device,
                     memory_bytes=store.memory(name) if store else 0,
                     error=store.error(name) if store else "",
                     accepts_text=True,
+                    service="imagegen",
+                )
+            )
+        for name, helper in (("clip", self.state.get("clip")), ("rembg", self.state.get("background"))):
+            if helper is None:
+                continue
+            ready = helper.ready
+            state = (
+                common_pb2.MODEL_STATE_READY
+                if ready
+                else (common_pb2.MODEL_STATE_ERROR if helper.error else common_pb2.MODEL_STATE_AVAILABLE)
+            )
+            models.append(
+                common_pb2.ModelInfo(
+                    name=name,
+                    source=helper.source,
+                    state=state,
+                    device=device if name == "clip" else "cpu",
+                    memory_bytes=helper.memory_bytes,
+                    error=helper.error,
+                    accepts_image=True,
                     service="imagegen",
                 )
             )
@@ -106,18 +133,47 @@ def build(settings: ImageGenSettings | None = None) -> Service:
     state: dict = {}
 
     def register(server: grpc.aio.Server, runtime: Runtime) -> None:
+        from services.imagegen.models import LoraLibrary
+
+        state["loras"] = LoraLibrary(settings.lora_dir)
         imagegen_pb2_grpc.add_ImageGenServiceServicer_to_server(
             ImageGenServicer(runtime, settings, state), server
         )
 
     def load(runtime: Runtime) -> None:
-        from services.imagegen.pipeline import ImageGenerator, ModelStore
+        from services.imagegen.models import ClipScorer, ModelStore
+        from services.imagegen.pipeline import ImageGenerator
+        from threegen.background import BackgroundRemover
 
-        store = ModelStore(settings, pick_device(settings.device))
+        device = pick_device(settings.device)
+        store = ModelStore(settings, device)
         state["store"] = store
+        state["clip"] = clip = ClipScorer(settings.clip_model, device)
+        rembg_file = settings.rembg_model if settings.rembg_model.endswith(".onnx") else ""
+        state["background"] = background = BackgroundRemover(rembg_file, settings.rembg_model)
+        loras = state["loras"]
+        defaults = tuple(
+            zip(settings.loras, settings.lora_scales or (1.0,) * len(settings.loras), strict=True)
+        )
+        loras.check(defaults, prefix="THREEGEN_IMAGEGEN_LORAS")
+        state["default_loras"] = defaults
         for name in settings.preload:
-            store.get(name)
-        state["generator"] = ImageGenerator(store)
+            with store.use(name, pinned=True):
+                pass
+        try:
+            clip.load()
+        except Exception:
+            log.warning("CLIP re-ranking unavailable: %s", clip.error)
+        if rembg_file:
+            background.session()
+        state["generator"] = ImageGenerator(
+            store, loras, clip, background, settings.batch_window_ms / 1000.0, settings.max_batch_images
+        )
+
+    def close() -> None:
+        generator = state.get("generator")
+        if generator is not None:
+            generator.batcher.stop()
 
     return Service(
         name="imagegen",
@@ -126,4 +182,5 @@ def build(settings: ImageGenSettings | None = None) -> Service:
         register=register,
         load=load,
         stage=common_pb2.STAGE_IMAGE,
+        close=close,
     )

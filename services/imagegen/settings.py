@@ -16,6 +16,9 @@ class ImageGenSettings(ServerSettings):
     TITLE = "imagegen"
 
     port: int = setting(50052, "gRPC port; 0 picks a free one.")
+    max_concurrent: int = setting(
+        8, "Requests admitted at once; the batcher runs them on the GPU together.", fallback="MAX_CONCURRENT"
+    )
     sd_turbo_model: str = setting(
         "stabilityai/sd-turbo", "SD-Turbo weights: a diffusers folder or an HF repo id."
     )
@@ -25,8 +28,30 @@ class ImageGenSettings(ServerSettings):
     default_model: str = setting(
         "sd-turbo", "Model used when a request leaves it unset: sd-turbo or sdxl-turbo."
     )
-    preload: tuple[str, ...] = setting(("sd-turbo",), "Models loaded at start-up (others load on first use).")
+    preload: tuple[str, ...] = setting(
+        ("sd-turbo",), "Models loaded at start-up and kept resident; others load on demand (LRU)."
+    )
+    memory_budget_gb: float = setting(
+        0.0, "GPU memory for diffusion weights; on-demand models are evicted LRU to fit. 0: 80% of the GPU."
+    )
     max_side: int = setting(1024, "Largest width or height a request may ask for.")
+    clip_model: str = setting(
+        "openai/clip-vit-base-patch32", "CLIP model that re-ranks candidate views.", fallback="CLIP_REPO"
+    )
+    lora_dir: str = setting("", "Folder of LoRA .safetensors files; requests name files in it (never paths).")
+    loras: tuple[str, ...] = setting((), "LoRAs applied when a request names none.", fallback="LORA_NAMES")
+    lora_scales: tuple[float, ...] = setting(
+        (), "Scales of the default LoRAs (1.0 each if empty).", fallback="LORA_SCALES"
+    )
+    rembg_model: str = setting(
+        "u2net",
+        "Background removal: a rembg model name, or a u2net-format .onnx file (its folder becomes "
+        "rembg's model home).",
+    )
+    batch_window_ms: float = setting(
+        10.0, "How long the batcher waits for compatible requests; 0 disables batching."
+    )
+    max_batch_images: int = setting(8, "Most images in one batched forward pass.")
 
     def validate(self) -> None:
         super().validate()
@@ -38,3 +63,12 @@ class ImageGenSettings(ServerSettings):
             "max_side",
             "must be a multiple of 64 in 64..2048",
         )
+        self.require(self.memory_budget_gb >= 0, "memory_budget_gb", "must be 0 or more")
+        self.require(not self.loras or bool(self.lora_dir), "loras", "default LoRAs need LORA_DIR")
+        self.require(
+            not self.lora_scales or len(self.lora_scales) == len(self.loras),
+            "lora_scales",
+            "needs one scale per LoRA in LORAS",
+        )
+        self.require(0 <= self.batch_window_ms <= 1000, "batch_window_ms", "must be 0..1000")
+        self.require(1 <= self.max_batch_images <= 64, "max_batch_images", "must be 1..64")

@@ -253,3 +253,61 @@ def write_tiny_clip(folder: Path, seed: int = 0) -> Path:
     CLIPModel(config).save_pretrained(str(folder))
     (folder / "preprocessor_config.json").write_text(json.dumps(CLIP_PREPROCESSOR, indent=2))
     return folder
+
+
+def write_tiny_rembg(folder: Path) -> Path:
+    """A u2net-format ONNX segmenter (input 1x3x320x320 -> mask 1x1x320x320) at toy size.
+
+    Its one 1x1 convolution computes brightness, so on a bright object over a dark background
+    the mask is the object: enough for tests to check cut-out, centring and padding.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    luma = np.array([0.299, 0.587, 0.114])
+    gain = 12.0
+    # rembg feeds (v - mean) / std; undo that inside the convolution, then centre on 0.5.
+    weight = (gain * luma * std).reshape(1, 3, 1, 1).astype(np.float32)
+    bias = np.array([gain * (float(luma @ mean) - 0.5)], dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["input.1", "w", "b"], ["logits"]),
+            helper.make_node("Sigmoid", ["logits"], ["d1"]),
+        ],
+        "tiny_u2net",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, 320, 320])],
+        [helper.make_tensor_value_info("d1", TensorProto.FLOAT, [1, 1, 320, 320])],
+        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = folder / "u2net-tiny.onnx"
+    onnx.save(model, str(path))
+    return folder
+
+
+def write_tiny_lora(
+    pipeline_folder: Path, target: Path, rank: int = 2, seed: int = 0, strength: float = 0.5
+) -> Path:
+    """A LoRA for the UNet of a (tiny) pipeline folder, in the diffusers/peft key format."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(str(pipeline_folder / "unet"))
+    tensors = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and (
+            name.split(".")[-1] in ("to_q", "to_k", "to_v") or name.endswith("to_out.0")
+        ):
+            down = torch.randn(rank, module.in_features, generator=generator) * strength
+            up = torch.randn(module.out_features, rank, generator=generator) * strength
+            tensors[f"unet.{name}.lora_A.weight"] = down.contiguous()
+            tensors[f"unet.{name}.lora_B.weight"] = up.contiguous()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(target))
+    return target

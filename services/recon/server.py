@@ -12,13 +12,14 @@ import grpc
 from services.recon.families import NAME_BY_ENUM, REGISTRY, family_class
 from services.recon.families.base import Family, ReconInput, ReconOutput
 from services.recon.settings import ReconSettings
+from threegen.background import BackgroundRemover
 from threegen.chunks import iter_chunks
 from threegen.common.v1 import common_pb2
 from threegen.errors import Unavailable, Violations
-from threegen.images import decode_image
+from threegen.images import decode_image, has_transparency
 from threegen.recon.v1 import recon_pb2, recon_pb2_grpc
 from threegen.runtime.server import Runtime, Service
-from threegen.runtime.work import Done
+from threegen.runtime.work import Done, Reporter
 from threegen.uploads import read_upload
 from threegen.weights import pick_device
 
@@ -31,6 +32,8 @@ class ReconServicer(recon_pb2_grpc.ReconServiceServicer):
         self.runtime = runtime
         self.settings = settings
         self.families = families
+        model_file = settings.rembg_model if settings.rembg_model.endswith(".onnx") else ""
+        self.background = BackgroundRemover(model_file, settings.rembg_model)
 
     def _family(self, options: recon_pb2.ReconOptions, violations: Violations) -> Family | None:
         if options.family == common_pb2.FAMILY_UNSPECIFIED:
@@ -94,8 +97,25 @@ class ReconServicer(recon_pb2_grpc.ReconServiceServicer):
         image = await asyncio.to_thread(decode_image, image_file.data, "image", limit) if image_file else None
         mask = await asyncio.to_thread(decode_image, mask_file.data, "mask", limit) if mask_file else None
         seed = params.seed if params.HasField("seed") else secrets.randbelow(2**32)
-        remove_bg = options.remove_background if options.HasField("remove_background") else True
-        return family, ReconInput(image, mask, params.prompt, seed, output, remove_bg, engine_params)
+        explicit = options.HasField("remove_background")
+        remove_bg = options.remove_background if explicit else True
+        return family, ReconInput(
+            image, mask, params.prompt, seed, output, remove_bg, engine_params, explicit
+        )
+
+    def _work(self, family: Family, job: ReconInput, reporter: Reporter) -> ReconOutput:
+        """Cut the object out of an opaque image first (when asked), then run the family."""
+        if job.image is not None and job.remove_background and not has_transparency(job.image):
+            try:
+                job.image = self.background.remove(job.image)
+                reporter.progress("remove_background", 0.05)
+            except Unavailable:
+                if job.remove_background_explicit:
+                    raise
+                reporter.progress(
+                    "remove_background", 0.05, "background removal unavailable; image used as is"
+                )
+        return family.run(job, reporter.span(0.05, 1.0))
 
     async def Reconstruct(
         self, request_iterator: AsyncIterator[recon_pb2.ReconstructRequest], context: grpc.aio.ServicerContext
@@ -116,7 +136,7 @@ class ReconServicer(recon_pb2_grpc.ReconServiceServicer):
         if family.state != common_pb2.MODEL_STATE_READY:
             raise Unavailable(f"family {family.name} is not loaded: {family.error or 'loading'}")
         output: ReconOutput | None = None
-        async for event in self.runtime.run(functools.partial(family.run, job)):
+        async for event in self.runtime.run(functools.partial(self._work, family, job)):
             if isinstance(event, Done):
                 output = event.value
             else:

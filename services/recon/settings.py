@@ -21,6 +21,9 @@ class ReconSettings(ServerSettings):
         "stabilityai/TripoSR", "TripoSR weights: a folder with config.yaml + model.ckpt, or an HF repo id."
     )
     triposr_chunk_points: int = setting(262144, "Points per density-query batch (memory vs speed).")
+    rembg_model: str = setting(
+        "u2net", "Background removal for RGB inputs: a rembg model name, or a u2net-format .onnx file."
+    )
     max_image_bytes: int = setting(16 * 1024 * 1024, "Largest input image upload, in bytes.")
     max_image_pixels: int = setting(4096 * 4096, "Largest input image, in pixels (decompression bombs).")
     upload_idle_seconds: float = setting(30.0, "An upload stream silent this long is refused.")

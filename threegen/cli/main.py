@@ -242,9 +242,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from threegen.settings_table import markdown
+    from threegen.settings_table import markdown, update_readme
 
-    print(markdown())
+    if args.readme:
+        update_readme(Path(args.readme))
+        console.print(f"updated the configuration table in {args.readme}")
+    else:
+        print(markdown())
     return 0
 
 
@@ -301,6 +305,7 @@ def parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
 
     config = sub.add_parser("config", help="print the configuration table (markdown)")
+    config.add_argument("--readme", metavar="PATH", help="rewrite the table inside this README instead")
     config.set_defaults(func=cmd_config)
     return p
 

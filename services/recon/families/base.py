@@ -29,6 +29,7 @@ class ReconInput:
     output: int
     remove_background: bool
     options: Any
+    remove_background_explicit: bool = False
 
 
 @dataclass

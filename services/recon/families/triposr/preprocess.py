@@ -11,32 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from threegen.errors import InvalidArgument
-
-
-def has_transparency(image: Image.Image) -> bool:
-    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
-        return False
-    alpha = np.asarray(image.convert("RGBA"))[..., 3]
-    return bool((alpha < 255).any())
-
-
-def resize_foreground(image: Image.Image, ratio: float) -> Image.Image:
-    """Crop RGBA to the alpha bounding box, pad to a square whose side is bbox / ratio."""
-    rgba = np.asarray(image.convert("RGBA"))
-    alpha = rgba[..., 3]
-    rows = np.flatnonzero(alpha.any(axis=1))
-    cols = np.flatnonzero(alpha.any(axis=0))
-    if len(rows) == 0:
-        raise InvalidArgument([("image", "is fully transparent: there is no object to reconstruct")])
-    crop = rgba[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    h, w = crop.shape[:2]
-    side = max(h, w)
-    canvas = round(side / ratio)
-    out = np.zeros((canvas, canvas, 4), dtype=np.uint8)
-    top, left = (canvas - h) // 2, (canvas - w) // 2
-    out[top : top + h, left : left + w] = crop
-    return Image.fromarray(out, "RGBA")
+from threegen.images import has_transparency, resize_foreground
 
 
 def composite_on_grey(image: Image.Image) -> np.ndarray:
