@@ -1,0 +1,245 @@
+"""Full-size architectures at random weights, written in each model's real on-disk layout.
+
+The configs are the published ones (stabilityai/sd-turbo, stabilityai/sdxl-turbo,
+stabilityai/TripoSR + facebook/dino-vitb16); the arithmetic is the same as with trained weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+SD_TURBO_UNET = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    center_input_sample=False,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    mid_block_type="UNetMidBlock2DCrossAttn",
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    block_out_channels=[320, 640, 1280, 1280],
+    layers_per_block=2,
+    downsample_padding=1,
+    mid_block_scale_factor=1,
+    act_fn="silu",
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    cross_attention_dim=1024,
+    attention_head_dim=[5, 10, 20, 20],
+    use_linear_projection=True,
+)
+SDXL_TURBO_UNET = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    act_fn="silu",
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    mid_block_type="UNetMidBlock2DCrossAttn",
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    block_out_channels=[320, 640, 1280],
+    layers_per_block=2,
+    attention_head_dim=[5, 10, 20],
+    transformer_layers_per_block=[1, 2, 10],
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+    norm_num_groups=32,
+    norm_eps=1e-5,
+)
+VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    act_fn="silu",
+    block_out_channels=[128, 256, 512, 512],
+    layers_per_block=2,
+    norm_num_groups=32,
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    force_upcast=True,
+)
+OPENCLIP_H_TEXT = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=23,
+    num_attention_heads=16,
+    hidden_act="gelu",
+    projection_dim=512,
+)
+CLIP_L_TEXT = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    hidden_act="quick_gelu",
+    projection_dim=768,
+)
+OPENCLIP_BIGG_TEXT = dict(
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=20,
+    hidden_act="gelu",
+    projection_dim=1280,
+)
+TEXT_COMMON = dict(
+    vocab_size=49408,
+    max_position_embeddings=77,
+    layer_norm_eps=1e-5,
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=1,
+)
+
+
+def _text(cls, spec: dict):
+    from transformers import CLIPTextConfig
+
+    return cls(CLIPTextConfig(**TEXT_COMMON, **spec))
+
+
+def write_sd_turbo(folder: Path, device: str = "cuda") -> Path:
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from services.imagegen.tiny import _scheduler_config, write_clip_tokenizer
+
+    write_clip_tokenizer(folder / "tokenizer", pad_token="!")
+    with torch.device(device):
+        pipe = StableDiffusionPipeline(
+            vae=AutoencoderKL(**VAE, scaling_factor=0.18215),
+            text_encoder=_text(CLIPTextModel, OPENCLIP_H_TEXT),
+            tokenizer=CLIPTokenizer.from_pretrained(str(folder / "tokenizer")),
+            unet=UNet2DConditionModel(**SD_TURBO_UNET),
+            scheduler=EulerDiscreteScheduler.from_config(_scheduler_config(ancestral=False)),
+            safety_checker=None,
+            feature_extractor=None,
+            image_encoder=None,
+            requires_safety_checker=False,
+        )
+    pipe.to(torch.float16).save_pretrained(str(folder))
+    return folder
+
+
+def write_sdxl_turbo(folder: Path, device: str = "cuda") -> Path:
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from services.imagegen.tiny import _scheduler_config, write_clip_tokenizer
+
+    write_clip_tokenizer(folder / "tokenizer", pad_token="<|endoftext|>")
+    write_clip_tokenizer(folder / "tokenizer_2", pad_token="!")
+    with torch.device(device):
+        pipe = StableDiffusionXLPipeline(
+            vae=AutoencoderKL(**VAE, scaling_factor=0.13025),
+            text_encoder=_text(CLIPTextModel, CLIP_L_TEXT),
+            text_encoder_2=_text(CLIPTextModelWithProjection, OPENCLIP_BIGG_TEXT),
+            tokenizer=CLIPTokenizer.from_pretrained(str(folder / "tokenizer")),
+            tokenizer_2=CLIPTokenizer.from_pretrained(str(folder / "tokenizer_2")),
+            unet=UNet2DConditionModel(**SDXL_TURBO_UNET),
+            scheduler=EulerAncestralDiscreteScheduler.from_config(_scheduler_config(ancestral=True)),
+            image_encoder=None,
+            feature_extractor=None,
+            force_zeros_for_empty_prompt=True,
+        )
+    pipe.to(torch.float16).save_pretrained(str(folder))
+    return folder
+
+
+DINO_VITB16 = {
+    "architectures": ["ViTModel"],
+    "model_type": "vit",
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-12,
+    "image_size": 224,
+    "patch_size": 16,
+    "num_channels": 3,
+    "qkv_bias": True,
+    "attention_probs_dropout_prob": 0.0,
+    "hidden_dropout_prob": 0.0,
+    "initializer_range": 0.02,
+}
+
+
+def triposr_model(device: str = "cpu"):
+    """The published TripoSR architecture (config.yaml defaults) at random weights."""
+    from transformers import ViTConfig
+
+    from services.recon.families.triposr.config import TripoSRConfig
+    from services.recon.families.triposr.model import TripoSR
+
+    config = TripoSRConfig()  # the published config.yaml; its DINO config is written beside it
+    with torch.device(device):
+        return TripoSR(config, ViTConfig(**DINO_VITB16))
+
+
+def write_triposr(folder: Path, device: str = "cpu", inside_share: float = 0.1) -> Path:
+    """Random weights, with the density bias set so a surface exists (random fields have none)."""
+    from services.recon.families.triposr.loader import save
+
+    model = triposr_model(device).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.02)
+        codes = model.scene_codes(torch.full((1, 3, 512, 512), 0.5, device=device))
+        axis = torch.linspace(-0.87, 0.87, 32, device=device)
+        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+        raw = model.query_raw(codes[0], grid)[:, 0].float()
+        target = torch.log(torch.tensor(25.0)) - model.config.renderer.density_bias
+        model.decoder.layers[-1].bias[0] += target - torch.quantile(raw, 1.0 - inside_share)
+    save(model.cpu(), folder, dino_config=DINO_VITB16)
+    return folder
+
+
+def write_clip(folder: Path, device: str = "cuda") -> Path:
+    """openai/clip-vit-base-patch32's architecture at random weights, with its processor files."""
+    import json
+
+    from transformers import CLIPConfig, CLIPModel
+
+    from services.imagegen.tiny import CLIP_PREPROCESSOR, write_clip_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_clip_tokenizer(folder, pad_token="<|endoftext|>")
+    config = CLIPConfig(
+        text_config=dict(
+            TEXT_COMMON,
+            hidden_size=512,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=8,
+            hidden_act="quick_gelu",
+        ),
+        vision_config=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=32,
+            hidden_act="quick_gelu",
+        ),
+        projection_dim=512,
+    )
+    with torch.device(device):
+        model = CLIPModel(config)
+    model.save_pretrained(str(folder))
+    (folder / "preprocessor_config.json").write_text(json.dumps(CLIP_PREPROCESSOR, indent=2))
+    return folder

@@ -1,0 +1,201 @@
+"""imagegen on the GPU: full-size SD-Turbo / SDXL-Turbo (and CLIP) at random fp16 weights, 512x512.
+
+For 1 and 4 views (1 step, 4 views re-ranked by CLIP) it times the engine in-process and the
+same request through the gRPC service running in its own process, and prints p50/p95 and the
+ratio; then images/s from 8 concurrent clients with dynamic batching on and off.
+
+    python -m bench.imagegen --out /tmp/bench [--models sd-turbo,sdxl-turbo] [--repeat 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from bench.common import cuda_sync, gpu_name, service_process, summary, table, timed
+from bench.full_size import write_clip, write_sd_turbo, write_sdxl_turbo
+from threegen.imagegen.v1 import imagegen_pb2, imagegen_pb2_grpc
+from threegen.runtime.work import Reporter
+
+WRITERS = {"sd-turbo": write_sd_turbo, "sdxl-turbo": write_sdxl_turbo}
+ENUM = {"sd-turbo": imagegen_pb2.IMAGE_MODEL_SD_TURBO, "sdxl-turbo": imagegen_pb2.IMAGE_MODEL_SDXL_TURBO}
+PROMPT = "a wooden chair, product photo"
+PORT = 50152
+
+
+SIZE = {"value": 512}
+
+
+def request(model: str, views: int, seed: int) -> imagegen_pb2.GenerateRequest:
+    size = SIZE["value"]
+    options = imagegen_pb2.ImageOptions(
+        model=ENUM[model], steps=1, width=size, height=size, num_views=views, top_k=views
+    )
+    return imagegen_pb2.GenerateRequest(prompt=PROMPT, seed=seed, options=options)
+
+
+def call(stub, model: str, views: int, seed: int) -> None:
+    for _ in stub.Generate(request(model, views, seed), timeout=120):
+        pass
+
+
+def throughput(address: str, model: str, clients: int, seconds: float) -> float:
+    counts: list[int] = []
+    stop = time.monotonic() + seconds
+
+    def client(index: int) -> None:
+        with grpc.insecure_channel(address) as channel:
+            stub = imagegen_pb2_grpc.ImageGenServiceStub(channel)
+            count = 0
+            while time.monotonic() < stop:
+                call(stub, model, 1, index * 100_000 + count)
+                count += 1
+            counts.append(count)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.monotonic() - started)
+
+
+def environment(model: str, folder: Path, clip: Path, window_ms: str = "10") -> dict[str, str]:
+    key = model.replace("-", "_").upper()
+    return {
+        f"THREEGEN_IMAGEGEN_{key}_MODEL": str(folder),
+        "THREEGEN_IMAGEGEN_PRELOAD": model,
+        "THREEGEN_IMAGEGEN_DEFAULT_MODEL": model,
+        "THREEGEN_IMAGEGEN_CLIP_MODEL": str(clip),
+        "THREEGEN_IMAGEGEN_PORT": str(PORT),
+        "THREEGEN_IMAGEGEN_BATCH_WINDOW_MS": window_ms,
+        "THREEGEN_IMAGEGEN_LOG_FORMAT": "plain",
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+def in_process(model: str, folder: Path, clip: Path, repeat: int, device: str, size: int) -> dict[int, dict]:
+    from services.imagegen.models import ClipScorer, LoraLibrary, ModelStore
+    from services.imagegen.params import ImageParams
+    from services.imagegen.pipeline import ImageGenerator
+    from services.imagegen.settings import ImageGenSettings
+    from threegen.background import BackgroundRemover
+
+    settings = ImageGenSettings.from_env(environment(model, folder, clip))
+    store = ModelStore(settings, device)
+    with store.use(model, pinned=True):
+        pass
+    scorer = ClipScorer(str(clip), device)
+    scorer.load()
+    generator = ImageGenerator(store, LoraLibrary(""), scorer, BackgroundRemover(), 0.0, 8)
+    results = {}
+    for views in (1, 4):
+        params = ImageParams(
+            prompt=PROMPT, seed=1, model=model, steps=1, num_views=views, top_k=views, width=size, height=size
+        )
+        results[views] = summary(
+            timed(lambda p=params: generator.generate(p, Reporter()), repeat, 3, cuda_sync)
+        )
+    generator.batcher.stop()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=tempfile.mkdtemp(prefix="bench-imagegen-"))
+    parser.add_argument("--models", default="sd-turbo,sdxl-turbo")
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="tiny checkpoints at 64 px: a smoke test on CPU")
+    args = parser.parse_args()
+    SIZE["value"] = 64 if args.tiny else 512
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    models = args.models.split(",")
+    report: dict = {"gpu": gpu_name(), "date": time.strftime("%Y-%m-%d")}
+    tiny = None
+    if args.tiny:
+        from threegen.tiny import ensure_tiny_weights
+
+        tiny = ensure_tiny_weights()
+    clip = tiny["clip"] if tiny else out / "clip"
+    if not (clip / "config.json").exists():
+        write_clip(clip, args.device)
+    rows = []
+    for model in models:
+        folder = tiny[model] if tiny else out / model
+        if not (folder / "model_index.json").exists():
+            started = time.perf_counter()
+            WRITERS[model](folder, args.device)
+            print(f"wrote full-size {model} in {time.perf_counter() - started:.1f} s", flush=True)
+        local = in_process(model, folder, clip, args.repeat, args.device, SIZE["value"])
+        with (
+            service_process(
+                "services.imagegen", environment(model, folder, clip), PORT, out / f"imagegen-{model}.log"
+            ) as address,
+            grpc.insecure_channel(address) as channel,
+        ):
+            stub = imagegen_pb2_grpc.ImageGenServiceStub(channel)
+            remote = {
+                v: summary(timed(lambda v=v, s=stub, m=model: call(s, m, v, 7), args.repeat, 3))
+                for v in (1, 4)
+            }
+            throughput(address, model, args.clients, 2.0)  # warm-up: kernels, allocator, cudnn plans
+            batched = throughput(address, model, args.clients, args.seconds)
+        with service_process(
+            "services.imagegen",
+            environment(model, folder, clip, "0"),
+            PORT,
+            out / f"imagegen-{model}-nobatch.log",
+        ) as address:
+            throughput(address, model, args.clients, 2.0)
+            unbatched = throughput(address, model, args.clients, args.seconds)
+        for views in (1, 4):
+            ratio = remote[views]["p50_ms"] / local[views]["p50_ms"]
+            rows.append(
+                [
+                    model,
+                    views,
+                    local[views]["p50_ms"],
+                    local[views]["p95_ms"],
+                    remote[views]["p50_ms"],
+                    remote[views]["p95_ms"],
+                    ratio,
+                ]
+            )
+            report[f"{model}/views{views}"] = {
+                "in_process": local[views],
+                "grpc": remote[views],
+                "ratio": ratio,
+            }
+        report[f"{model}/throughput"] = {
+            "batching": batched,
+            "no_batching": unbatched,
+            "ratio": batched / unbatched,
+            "clients": args.clients,
+        }
+        print(rows[-2:], report[f"{model}/throughput"], flush=True)
+    print()
+    size = SIZE["value"]
+    print(f"device: {report['gpu']}, {report['date']}; random weights, {size}x{size}, 1 step; times in ms")
+    print(table(rows, ["model", "views", "in-proc p50", "p95", "gRPC p50", "p95", "gRPC/in-proc"]))
+    for model in models:
+        t = report[f"{model}/throughput"]
+        print(
+            f"{model}: {args.clients} clients: {t['batching']:.1f} img/s batched vs {t['no_batching']:.1f} "
+            f"unbatched = {t['ratio']:.2f}x"
+        )
+    (out / "imagegen.json").write_text(json.dumps(report, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
