@@ -20,7 +20,9 @@ class ReconSettings(ServerSettings):
     triposr_model: str = setting(
         "stabilityai/TripoSR", "TripoSR weights: a folder with config.yaml + model.ckpt, or an HF repo id."
     )
-    triposr_chunk_points: int = setting(262144, "Points per density-query batch (memory vs speed).")
+    triposr_chunk_points: int = setting(
+        0, "Points per density-query batch (memory vs speed); 0: 2M on a GPU, 256k on a CPU."
+    )
     rembg_model: str = setting(
         "u2net", "Background removal for RGB inputs: a rembg model name, or a u2net-format .onnx file."
     )
@@ -34,4 +36,8 @@ class ReconSettings(ServerSettings):
         self.require(not unknown, "families", f"unknown families {unknown}; known: {sorted(REGISTRY)}")
         self.require(bool(self.families), "families", "at least one family is needed")
         self.require(self.default_family in self.families, "default_family", "must be one of FAMILIES")
-        self.require(self.triposr_chunk_points >= 1024, "triposr_chunk_points", "must be at least 1024")
+        self.require(
+            self.triposr_chunk_points == 0 or self.triposr_chunk_points >= 1024,
+            "triposr_chunk_points",
+            "must be 0 (auto) or at least 1024",
+        )

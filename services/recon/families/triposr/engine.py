@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from services.recon.families.triposr.isosurface import marching_cubes_cpu
+from services.recon.families.triposr.isosurface import marching_cubes
 from services.recon.families.triposr.loader import LoadedTripoSR
 from services.recon.families.triposr.preprocess import prepare
 from threegen.runtime.work import Reporter
@@ -35,12 +35,13 @@ class MeshOutput:
 
 
 class TripoSREngine:
-    def __init__(self, loaded: LoadedTripoSR, chunk_points: int = 1 << 18):
+    def __init__(self, loaded: LoadedTripoSR, chunk_points: int = 0):
         self.loaded = loaded
         self.model = loaded.model
         self.device = loaded.device
         self.dtype = loaded.dtype
-        self.chunk_points = chunk_points
+        # 0: about 2M points per query batch on a GPU (few launches), 256k on a CPU (cache-sized).
+        self.chunk_points = chunk_points or (1 << 21 if self.device.type == "cuda" else 1 << 18)
         self._grid_cache: dict[int, torch.Tensor] = {}
 
     def _grid(self, resolution: int) -> torch.Tensor:
@@ -82,9 +83,13 @@ class TripoSREngine:
         reporter.span(0.0, 0.05).progress("preprocess", 1.0)
         lap("preprocess")
 
-        backbone = reporter.span(0.05, 0.35)
+        context = self.model.image_tokenizer(pixels)
+        reporter.span(0.05, 0.1).progress("tokenize", 1.0, f"{context.shape[1]} image tokens")
+        backbone = reporter.span(0.1, 0.35)
         codes = self.model.scene_codes(
-            pixels, on_block=lambda i, n: backbone.progress("backbone", i / n, f"block {i}/{n}")
+            pixels,
+            on_block=lambda i, n: backbone.progress("backbone", i / n, f"block {i}/{n}"),
+            context=context,
         )
         lap("triplanes")
 
@@ -93,8 +98,7 @@ class TripoSREngine:
         density = self.density_grid(triplane, params.mc_resolution, reporter.span(0.35, 0.8))
         lap("query")
 
-        volume = density.cpu().numpy()
-        vertices, faces = marching_cubes_cpu(volume, params.density_threshold)
+        vertices, faces = marching_cubes(density, params.density_threshold)
         reporter.span(0.8, 0.9).progress("marching_cubes", 1.0, f"{len(faces)} faces")
         lap("marching_cubes")
 

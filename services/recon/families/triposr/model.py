@@ -361,9 +361,12 @@ class TripoSR(nn.Module):
         d = config.decoder
         self.decoder = NeRFMLP(d.in_channels, d.n_neurons, d.n_hidden_layers, d.activation, d.bias)
 
-    def scene_codes(self, images: torch.Tensor, on_block=None) -> torch.Tensor:
+    def scene_codes(
+        self, images: torch.Tensor, on_block=None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """images (B,3,S,S) in [0,1], already at cond_image_size -> triplanes (B,3,C,H,W)."""
-        context = self.image_tokenizer(images)
+        if context is None:
+            context = self.image_tokenizer(images)
         tokens = self.tokenizer(images.shape[0]).to(context.dtype)
         tokens = self.backbone(tokens, context, on_block=on_block)
         return self.post_processor(self.tokenizer.detokenize(tokens))
