@@ -189,22 +189,75 @@ def triposr_model(device: str = "cpu"):
         return TripoSR(config, ViTConfig(**DINO_VITB16))
 
 
-def write_triposr(folder: Path, device: str = "cpu", inside_share: float = 0.1) -> Path:
-    """Random weights, with the density bias set so a surface exists (random fields have none)."""
+def shape_density_path(model, surface_radius: float = 0.6, lift: float = 30.0) -> None:
+    """Make the density a smooth closed object, leaving every other weight random.
+
+    Random triplanes give a density field broken into thousands of fragments (millions of
+    faces at 256^3), far from what a trained model outputs. One path is set by hand instead:
+    token channel 0 holds a radial pattern on each plane, passes the backbone through its
+    residual (proj_out row 0 is zeroed) and the upsampler unchanged; decoder neuron 0 sums
+    it over the three planes and carries it to the density output. The surface is then a
+    sphere of `surface_radius` (of the grid half-size): about 150k faces at 256^3. The work
+    per point is unchanged; colours still come from the random channels.
+    """
+    with torch.no_grad():
+        side = model.config.tokenizer.plane_size
+        axis = torch.linspace(-1.0, 1.0, side)
+        u, v = torch.meshgrid(axis, axis, indexing="ij")
+        model.tokenizer.embeddings[:, 0] = -4.0 * (u**2 + v**2)
+        model.backbone.proj_out.weight[0].zero_()
+        model.backbone.proj_out.bias[0] = 0.0
+        up = model.post_processor.upsample
+        up.weight[:, 0] = 0.0
+        up.weight[0, 0] = 1.0
+        up.bias[0] = 0.0
+        channels = model.config.post_processor.out_channels
+        linears = [m for m in model.decoder.layers if isinstance(m, torch.nn.Linear)]
+        first, hidden, last = linears[0], linears[1:-1], linears[-1]
+        first.weight[0].zero_()
+        first.weight[0, [0, channels, 2 * channels]] = 1.0
+        first.bias[0] = lift  # keeps the path positive, where SiLU is the identity
+        for layer in hidden:
+            layer.weight[0].zero_()
+            layer.weight[0, 0] = 1.0
+            layer.bias[0] = 0.0
+            layer.weight[1:, 0] = 0.0  # the other neurons (colours) do not see the path
+        # density = exp(raw - 1) = 25 where raw = 1 + ln 25, at the chosen radius.
+        level = lift - 8.0 * surface_radius**2
+        last.weight[0].zero_()
+        last.weight[0, 0] = 1.0
+        last.weight[1:, 0] = 0.0
+        last.bias[0] = -(level - 1.0 - float(torch.log(torch.tensor(25.0))))
+
+
+def write_triposr(folder: Path, device: str = "cpu", inside_share: float = 0.1, shaped: bool = True) -> Path:
+    """Random weights in TripoSR's own initialisation (its decoder: kaiming_uniform, ReLU gain),
+    saved in fp32 like the published file. `shaped` (the default) gives one smooth object
+    (shape_density_path); otherwise the density bias is calibrated, in the dtype the service
+    runs, so that `inside_share` of the volume is inside the raw random field."""
     from services.recon.families.triposr.loader import save
 
     model = triposr_model(device).eval()
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
     with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.02)
-        codes = model.scene_codes(torch.full((1, 3, 512, 512), 0.5, device=device))
-        axis = torch.linspace(-0.87, 0.87, 32, device=device)
-        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
-        raw = model.query_raw(codes[0], grid)[:, 0].float()
-        target = torch.log(torch.tensor(25.0)) - model.config.renderer.density_bias
-        model.decoder.layers[-1].bias[0] += target - torch.quantile(raw, 1.0 - inside_share)
-    save(model.cpu(), folder, dino_config=DINO_VITB16)
+        for layer in model.decoder.layers:
+            if isinstance(layer, torch.nn.Linear):
+                torch.nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")
+        if shaped:
+            shape_density_path(model)
+        else:
+            run = model.to(dtype)
+            codes = run.scene_codes(torch.full((1, 3, 512, 512), 0.5, device=device, dtype=dtype))
+            axis = torch.linspace(-0.87, 0.87, 48, device=device)
+            grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+            raw = run.query_raw(codes[0], grid)[:, 0].float()
+            if not torch.isfinite(raw).all() or float(raw.max() - raw.min()) < 1e-3:
+                raise RuntimeError(f"the random density field is unusable ({raw.min()}..{raw.max()})")
+            target = torch.log(torch.tensor(25.0)) - model.config.renderer.density_bias
+            shift = float(target - torch.quantile(raw, 1.0 - inside_share))
+            model = model.float()
+            model.decoder.layers[-1].bias[0] += shift
+    save(model.float().cpu(), folder, dino_config=DINO_VITB16)
     return folder
 
 

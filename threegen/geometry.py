@@ -32,19 +32,39 @@ class Stats:
         )
 
 
-def mesh_stats(mesh: object) -> Stats:
-    """Stats of a trimesh.Trimesh."""
-    vertices = np.asarray(mesh.vertices)  # type: ignore[attr-defined]
+def is_closed(faces: np.ndarray) -> bool:
+    """Watertight and consistently wound: every edge is shared by exactly two faces, in
+    opposite directions. One sort of the directed edges; several times faster than
+    trimesh's is_watertight on large meshes."""
+    if len(faces) == 0:
+        return False
+    faces = np.asarray(faces, dtype=np.int64)
+    start = faces.reshape(-1)
+    end = faces[:, [1, 2, 0]].reshape(-1)
+    base = int(faces.max()) + 1
+    directed = np.sort(start * base + end)
+    if (directed[1:] == directed[:-1]).any():
+        return False  # a directed edge used twice: inconsistent winding or non-manifold
+    # Closed iff the reversed edges are exactly the same set.
+    return bool(np.array_equal(directed, np.sort(end * base + start)))
+
+
+def stats_from_arrays(vertices: np.ndarray, faces: np.ndarray, watertight: bool | None = None) -> Stats:
     lo = vertices.min(axis=0) if len(vertices) else np.zeros(3)
     hi = vertices.max(axis=0) if len(vertices) else np.zeros(3)
     return Stats(
         kind=common_pb2.GEOMETRY_KIND_MESH,
         vertex_count=len(vertices),
-        face_count=len(mesh.faces),  # type: ignore[attr-defined]
+        face_count=len(faces),
         bounds_min=[float(v) for v in lo],
         bounds_max=[float(v) for v in hi],
-        watertight=bool(mesh.is_watertight),  # type: ignore[attr-defined]
+        watertight=is_closed(faces) if watertight is None else watertight,
     )
+
+
+def mesh_stats(mesh: object) -> Stats:
+    """Stats of a trimesh.Trimesh."""
+    return stats_from_arrays(np.asarray(mesh.vertices), np.asarray(mesh.faces))  # type: ignore[attr-defined]
 
 
 def points_stats(points: np.ndarray, kind: int) -> Stats:

@@ -236,13 +236,45 @@ class ClipScorer:
     def memory_bytes(self) -> int:
         return module_bytes(self.model) if self.model is not None else 0
 
+    def _pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """(N,3,H,W) in [0,1] on any device -> CLIP pixel values, prepared on that device.
+
+        The same steps as the model's CLIPImageProcessor (shortest side to the target size,
+        bicubic; centre crop; normalise), done with torch so the images never leave the GPU.
+        """
+        image_processor = self.processor.image_processor  # type: ignore[attr-defined]
+        size = image_processor.size.get("shortest_edge") or image_processor.size.get("height")
+        crop = image_processor.crop_size
+        height, width = images.shape[-2:]
+        scale = size / min(height, width)
+        resized = torch.nn.functional.interpolate(
+            images.float(),
+            size=(round(height * scale), round(width * scale)),
+            mode="bicubic",
+            align_corners=False,
+            antialias=True,
+        ).clamp_(0.0, 1.0)
+        top = (resized.shape[-2] - crop["height"]) // 2
+        left = (resized.shape[-1] - crop["width"]) // 2
+        cropped = resized[..., top : top + crop["height"], left : left + crop["width"]]
+        mean = torch.tensor(image_processor.image_mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(image_processor.image_std, device=images.device).view(1, 3, 1, 1)
+        return (cropped - mean) / std
+
     @torch.inference_mode()
-    def scores(self, prompt: str, images: list) -> list[float]:
+    def scores(self, prompt: str, images: torch.Tensor) -> list[float]:
+        """Cosine similarity x100 of each image (N,3,H,W in [0,1]) with the prompt."""
         self.load()
-        inputs = self.processor(  # type: ignore[operator]
-            text=[prompt], images=images, return_tensors="pt", padding=True, truncation=True
+        text = self.processor.tokenizer(  # type: ignore[attr-defined]
+            [prompt], return_tensors="pt", padding=True, truncation=True
         ).to(self.device)
-        out = self.model(**inputs)  # type: ignore[operator]
+        dtype = next(self.model.parameters()).dtype  # type: ignore[attr-defined]
+        pixels = self._pixels(images.to(self.device)).to(dtype)
+        out = self.model(
+            input_ids=text["input_ids"],
+            attention_mask=text["attention_mask"],  # type: ignore[operator]
+            pixel_values=pixels,
+        )
         image = torch.nn.functional.normalize(out.image_embeds.float(), dim=-1)
-        text = torch.nn.functional.normalize(out.text_embeds.float(), dim=-1)
-        return (image @ text[0] * 100.0).tolist()
+        text_embed = torch.nn.functional.normalize(out.text_embeds.float(), dim=-1)
+        return (image @ text_embed[0] * 100.0).tolist()

@@ -80,6 +80,7 @@ class ImageGenerator:
 
             use_cfg = first.guidance_scale > 1.0
             output = resident.pipe(  # type: ignore[operator]
+                output_type="pt",  # stays on the GPU: CLIP ranks it there, only winners are copied
                 prompt=prompts,
                 negative_prompt=negatives if use_cfg and any(negatives) else None,
                 num_inference_steps=first.steps,
@@ -112,15 +113,19 @@ class ImageGenerator:
             ("wait", time.perf_counter() - queued - diffusion_seconds),
             ("diffusion", diffusion_seconds),
         ]
-        views = [View(image, i, (params.seed + i) % 2**32) for i, image in enumerate(images)]
-        if len(views) > 1:
+        scores = [0.0] * len(images)
+        if len(images) > 1:
             started = time.perf_counter()
-            for view, score in zip(views, self.clip.scores(params.prompt, images), strict=True):
-                view.clip_score = score
-            views.sort(key=lambda v: (-v.clip_score, v.candidate))
+            scores = self.clip.scores(params.prompt, images)
             timings.append(("rerank", time.perf_counter() - started))
-            reporter.progress("rerank", 0.9, f"best CLIP score {views[0].clip_score:.1f}")
-        views = views[: params.top_k]
+        order = sorted(range(len(images)), key=lambda i: (-scores[i], i))[: params.top_k]
+        if len(images) > 1:
+            reporter.progress("rerank", 0.9, f"best CLIP score {scores[order[0]]:.1f}")
+        pixels = (images[order].clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        views = [
+            View(Image.fromarray(pixels[n]), i, (params.seed + i) % 2**32, scores[i])
+            for n, i in enumerate(order)
+        ]
         if params.remove_background:
             started = time.perf_counter()
             for view in views:

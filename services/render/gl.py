@@ -9,6 +9,10 @@ from pathlib import Path
 
 def choose_platform(preference: str = "auto") -> str:
     """Set PYOPENGL_PLATFORM (unless the environment already does) and return it."""
+    # pyrender imports pyglet's window module, which needs X11 unless pyglet runs headless
+    # (on EGL): GPU nodes and slim containers have no X libraries.
+    if ctypes.util.find_library("EGL"):
+        os.environ.setdefault("PYGLET_HEADLESS", "true")
     explicit = os.environ.get("PYOPENGL_PLATFORM")
     if explicit:
         return explicit

@@ -32,6 +32,7 @@ class MeshOutput:
     faces: np.ndarray  # (F,3) int64
     colors: np.ndarray  # (V,3) uint8
     timings: list[tuple[str, float]] = field(default_factory=list)
+    closed: bool = False  # the surface does not reach the grid's border, so it is watertight
 
 
 class TripoSREngine:
@@ -99,6 +100,9 @@ class TripoSREngine:
         lap("query")
 
         vertices, faces = marching_cubes(density, params.density_threshold)
+        level = params.density_threshold
+        border = [density[0], density[-1], density[:, 0], density[:, -1], density[:, :, 0], density[:, :, -1]]
+        closed = not any(bool((side > level).any()) for side in border)
         reporter.span(0.8, 0.9).progress("marching_cubes", 1.0, f"{len(faces)} faces")
         lap("marching_cubes")
 
@@ -114,4 +118,4 @@ class TripoSREngine:
         rgb = (torch.cat(colours).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         lap("colors")
 
-        return MeshOutput(world @ Z_UP_TO_Y_UP.T, faces, rgb, timings)
+        return MeshOutput(world @ Z_UP_TO_Y_UP.T, faces, rgb, timings, closed)

@@ -14,7 +14,7 @@ from services.recon.families.triposr.loader import load
 from threegen.chunks import Artifact
 from threegen.common.v1 import common_pb2
 from threegen.errors import Violations
-from threegen.geometry import export_mesh, mesh_stats
+from threegen.geometry import export_mesh, stats_from_arrays
 from threegen.runtime.work import Reporter
 from threegen.weights import module_bytes
 
@@ -58,4 +58,5 @@ class TripoSRFamily(Family):
         )
         glb = export_mesh(mesh, "glb")
         timings = [*mesh_out.timings, ("export", time.perf_counter() - started)]
-        return ReconOutput([Artifact("mesh.glb", glb)], mesh_stats(mesh), timings)
+        stats = stats_from_arrays(mesh_out.vertices, mesh_out.faces, watertight=mesh_out.closed)
+        return ReconOutput([Artifact("mesh.glb", glb)], stats, timings)
