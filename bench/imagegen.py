@@ -40,9 +40,14 @@ def request(model: str, views: int, seed: int) -> imagegen_pb2.GenerateRequest:
     return imagegen_pb2.GenerateRequest(prompt=PROMPT, seed=seed, options=options)
 
 
+SERVICE_TIMINGS: dict[tuple[str, int, str], list[float]] = {}
+
+
 def call(stub, model: str, views: int, seed: int) -> None:
-    for _ in stub.Generate(request(model, views, seed), timeout=120):
-        pass
+    for response in stub.Generate(request(model, views, seed), timeout=120):
+        if response.WhichOneof("event") == "result":
+            for timing in response.result.timings:
+                SERVICE_TIMINGS.setdefault((model, views, timing.step), []).append(timing.seconds * 1000)
 
 
 def throughput(address: str, model: str, clients: int, seconds: float) -> float:
@@ -193,6 +198,10 @@ def main() -> None:
         print(
             f"{model}: {args.clients} clients: {t['batching']:.1f} img/s batched vs {t['no_batching']:.1f} "
             f"unbatched = {t['ratio']:.2f}x"
+        )
+    for (model, views, step), values in sorted(SERVICE_TIMINGS.items()):
+        print(
+            f"  service side, {model} {views} view(s), {step}: p50 {sorted(values)[len(values) // 2]:.1f} ms"
         )
     (out / "imagegen.json").write_text(json.dumps(report, indent=2, default=str))
 
