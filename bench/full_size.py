@@ -112,13 +112,14 @@ def write_sd_turbo(folder: Path, device: str = "cuda") -> Path:
     from services.imagegen.tiny import _scheduler_config, write_clip_tokenizer
 
     write_clip_tokenizer(folder / "tokenizer", pad_token="!")
+    scheduler = EulerDiscreteScheduler.from_config(_scheduler_config(ancestral=False))  # numpy: on the CPU
     with torch.device(device):
         pipe = StableDiffusionPipeline(
             vae=AutoencoderKL(**VAE, scaling_factor=0.18215),
             text_encoder=_text(CLIPTextModel, OPENCLIP_H_TEXT),
             tokenizer=CLIPTokenizer.from_pretrained(str(folder / "tokenizer")),
             unet=UNet2DConditionModel(**SD_TURBO_UNET),
-            scheduler=EulerDiscreteScheduler.from_config(_scheduler_config(ancestral=False)),
+            scheduler=scheduler,
             safety_checker=None,
             feature_extractor=None,
             image_encoder=None,
@@ -141,6 +142,7 @@ def write_sdxl_turbo(folder: Path, device: str = "cuda") -> Path:
 
     write_clip_tokenizer(folder / "tokenizer", pad_token="<|endoftext|>")
     write_clip_tokenizer(folder / "tokenizer_2", pad_token="!")
+    scheduler = EulerAncestralDiscreteScheduler.from_config(_scheduler_config(ancestral=True))  # on the CPU
     with torch.device(device):
         pipe = StableDiffusionXLPipeline(
             vae=AutoencoderKL(**VAE, scaling_factor=0.13025),
@@ -149,7 +151,7 @@ def write_sdxl_turbo(folder: Path, device: str = "cuda") -> Path:
             tokenizer=CLIPTokenizer.from_pretrained(str(folder / "tokenizer")),
             tokenizer_2=CLIPTokenizer.from_pretrained(str(folder / "tokenizer_2")),
             unet=UNet2DConditionModel(**SDXL_TURBO_UNET),
-            scheduler=EulerAncestralDiscreteScheduler.from_config(_scheduler_config(ancestral=True)),
+            scheduler=scheduler,
             image_encoder=None,
             feature_extractor=None,
             force_zeros_for_empty_prompt=True,

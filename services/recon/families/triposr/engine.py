@@ -80,7 +80,7 @@ class TripoSREngine:
             clock = now
 
         size = self.model.config.cond_image_size
-        pixels = prepare(image, size, params.foreground_ratio).to(self.device, self.dtype)
+        pixels = prepare(image, size, params.foreground_ratio, self.device).to(self.dtype)
         reporter.span(0.0, 0.05).progress("preprocess", 1.0)
         lap("preprocess")
 
