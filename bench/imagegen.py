@@ -41,11 +41,12 @@ def request(model: str, views: int, seed: int) -> imagegen_pb2.GenerateRequest:
 
 
 SERVICE_TIMINGS: dict[tuple[str, int, str], list[float]] = {}
+IN_PROCESS_TIMINGS: dict[tuple[str, int, str], list[float]] = {}
 
 
-def call(stub, model: str, views: int, seed: int) -> None:
+def call(stub, model: str, views: int, seed: int, record: bool = True) -> None:
     for response in stub.Generate(request(model, views, seed), timeout=120):
-        if response.WhichOneof("event") == "result":
+        if record and response.WhichOneof("event") == "result":
             for timing in response.result.timings:
                 SERVICE_TIMINGS.setdefault((model, views, timing.step), []).append(timing.seconds * 1000)
 
@@ -59,7 +60,7 @@ def throughput(address: str, model: str, clients: int, seconds: float) -> float:
             stub = imagegen_pb2_grpc.ImageGenServiceStub(channel)
             count = 0
             while time.monotonic() < stop:
-                call(stub, model, 1, index * 100_000 + count)
+                call(stub, model, 1, index * 100_000 + count, record=False)
                 count += 1
             counts.append(count)
 
@@ -105,9 +106,12 @@ def in_process(model: str, folder: Path, clip: Path, repeat: int, device: str, s
         params = ImageParams(
             prompt=PROMPT, seed=1, model=model, steps=1, num_views=views, top_k=views, width=size, height=size
         )
-        results[views] = summary(
-            timed(lambda p=params: generator.generate(p, Reporter()), repeat, 3, cuda_sync)
-        )
+
+        def once(p: ImageParams = params, views: int = views) -> None:
+            for step, seconds in generator.generate(p, Reporter()).timings:
+                IN_PROCESS_TIMINGS.setdefault((model, views, step), []).append(seconds * 1000)
+
+        results[views] = summary(timed(once, repeat, 3, cuda_sync))
     generator.batcher.stop()
     return results
 
@@ -200,8 +204,10 @@ def main() -> None:
             f"unbatched = {t['ratio']:.2f}x"
         )
     for (model, views, step), values in sorted(SERVICE_TIMINGS.items()):
+        local = IN_PROCESS_TIMINGS.get((model, views, step), [float("nan")])
+        service_ms, local_ms = sorted(values)[len(values) // 2], sorted(local)[len(local) // 2]
         print(
-            f"  service side, {model} {views} view(s), {step}: p50 {sorted(values)[len(values) // 2]:.1f} ms"
+            f"  {model} {views} view(s) {step}: service p50 {service_ms:.1f} ms, in-process {local_ms:.1f} ms"
         )
     (out / "imagegen.json").write_text(json.dumps(report, indent=2, default=str))
 

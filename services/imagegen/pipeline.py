@@ -58,6 +58,7 @@ class ImageGenerator:
     def _run_batch(self, tickets: list[Ticket]) -> None:
         first: ImageParams = tickets[0].params
         started = time.perf_counter()
+        cpu_started = time.thread_time()
         with self.store.use(first.model) as resident:
             self.loras.apply(resident, first.loras)
             prompts, negatives, generators = [], [], []
@@ -90,11 +91,14 @@ class ImageGenerator:
                 generator=generators,
                 callback_on_step_end=on_step,
             )
+            launched = time.thread_time() - cpu_started  # Python + kernel launches on this thread
+            if self.store.device.startswith("cuda"):
+                torch.cuda.synchronize(torch.device(self.store.device))
         seconds = time.perf_counter() - started
         offset = 0
         for ticket in tickets:
             count = ticket.params.num_views
-            ticket.result = (output.images[offset : offset + count], seconds)
+            ticket.result = (output.images[offset : offset + count], seconds, launched)
             offset += count
 
     def generate(self, params: ImageParams, reporter: Reporter) -> ImageResult:
@@ -108,10 +112,11 @@ class ImageGenerator:
         queued = time.perf_counter()
         reporter.progress("queued", 0.0, "waiting for the GPU")
         ticket = self.batcher.submit(params, reporter.span(0.0, 0.85), params.num_views, params.batch_key())
-        images, diffusion_seconds = ticket.result
+        images, diffusion_seconds, launch_cpu_seconds = ticket.result
         timings = [
             ("wait", time.perf_counter() - queued - diffusion_seconds),
             ("diffusion", diffusion_seconds),
+            ("diffusion_cpu", launch_cpu_seconds),  # CPU time of the GPU thread: Python + launches
         ]
         scores = [0.0] * len(images)
         if len(images) > 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -49,7 +50,9 @@ class ImageGenServicer(imagegen_pb2_grpc.ImageGenServiceServicer):
                 yield imagegen_pb2.GenerateResponse(progress=event)
         assert result is not None
         # Encoders release the GIL: the views are compressed side by side.
+        started = time.perf_counter()
         pngs = await asyncio.gather(*(asyncio.to_thread(encode_png, view.image) for view in result.views))
+        result.timings.append(("encode_png", time.perf_counter() - started))
         artifacts = [Artifact(f"view_{rank}.png", png) for rank, png in enumerate(pngs)]
         for artifact in artifacts:
             for chunk in iter_chunks(artifact):
