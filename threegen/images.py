@@ -41,10 +41,16 @@ def decode_image(data: bytes, field: str, max_pixels: int = MAX_PIXELS) -> Image
     return image
 
 
-def encode_png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+def encode_png(image: Image.Image | np.ndarray) -> bytes:
+    """PNG bytes of an RGB or RGBA image (see threegen.png: several times faster than PIL's)."""
+    from threegen import png
+
+    pixels = np.asarray(
+        image
+        if isinstance(image, np.ndarray)
+        else image.convert("RGBA" if image.mode in ("RGBA", "LA", "PA") else "RGB")
+    )
+    return png.encode(pixels)
 
 
 def has_transparency(image: Image.Image) -> bool:
