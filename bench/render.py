@@ -46,7 +46,7 @@ def main() -> None:
     platform = choose_platform("auto")
 
     from services.render.engine import RenderEngine, Renderer, RenderJob, Stage
-    from services.render.params import PreviewParams
+    from services.render.params import PreviewParams, RenderPlan
     from threegen.chunks import Artifact, iter_chunks
     from threegen.geometry import export_mesh
     from threegen.render.v1 import render_pb2, render_pb2_grpc
@@ -84,7 +84,7 @@ def main() -> None:
 
     report["encode_48x512"] = summary(timed(encode, 5, warmup=1))
     engine = RenderEngine()
-    job = RenderJob(glb, "mesh.glb", [], PreviewParams(seconds=3.0, fps=16, resolution=512))
+    job = RenderJob(glb, RenderPlan(preview=PreviewParams(seconds=3.0, fps=16, resolution=512)), "mesh.glb")
     report["turntable_in_process"] = summary(
         timed(lambda: engine.run(job, Reporter()), args.repeat, warmup=2)
     )

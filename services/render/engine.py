@@ -1,40 +1,42 @@
-"""Geometry -> exports, thumbnails and turntable MP4s (pyrender offscreen + H.264 via PyAV).
+"""Geometry -> exports, thumbnails, contact sheets and turntable MP4s (no gRPC here).
 
-No gRPC here. OpenGL contexts belong to the thread that made them, so each worker thread
-keeps its own offscreen renderer.
+Meshes are drawn by pyrender offscreen (EGL or OSMesa); point clouds and Gaussian splats by
+the torch splat renderer. OpenGL contexts belong to the thread that made them, so each worker
+thread keeps its own offscreen renderer.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from services.render.params import PreviewParams, ThumbnailParams
+from services.render.geometry import Points, load_geometry
+from services.render.meshes import limit_textures, obj_package, simplify, surface_from_points
+from services.render.params import ContactSheetParams, PreviewParams, RenderPlan, ThumbnailParams
 from threegen.chunks import Artifact
+from threegen.common.v1 import common_pb2
 from threegen.errors import InvalidArgument
 from threegen.geometry import Stats, export_mesh, mesh_stats
 from threegen.images import encode_png
 from threegen.runtime.work import Reporter
 
 YFOV = math.radians(40.0)
-
-EXPORT_FILE_TYPES = {"glb": "mesh.glb", "ply": "mesh.ply", "stl": "mesh.stl"}
+SHARP_EDGE_FACE_LIMIT = 20_000
+MESH_ONLY_EXPORTS = ("obj", "stl")
 
 
 @dataclass
 class RenderJob:
     data: bytes
+    plan: RenderPlan
     name: str = "geometry"
-    exports: list[str] = field(default_factory=list)
-    preview: PreviewParams | None = None
-    thumbnail: ThumbnailParams | None = None
+    kind: int = common_pb2.GEOMETRY_KIND_UNSPECIFIED
     crf: int = 23
 
 
@@ -44,32 +46,6 @@ class RenderOutput:
     stats: Stats
     timings: list[tuple[str, float]]
     frame_count: int = 0
-
-
-def sniff_format(data: bytes, name: str = "") -> str:
-    if data[:4] == b"glTF":
-        return "glb"
-    if data[:4] == b"ply\n" or data[:5] == b"ply\r\n":
-        return "ply"
-    head = data[:4096].lstrip()
-    if name.lower().endswith(".obj") or head.startswith((b"v ", b"#", b"o ", b"mtllib", b"g ")):
-        return "obj"
-    raise InvalidArgument([("geometry", "unrecognised file: expected GLB, PLY or OBJ")])
-
-
-def load_mesh(data: bytes, name: str = "") -> object:
-    import trimesh
-
-    file_type = sniff_format(data, name)
-    try:
-        mesh = trimesh.load(io.BytesIO(data), file_type=file_type, force="mesh", process=False)
-    except Exception as exc:
-        raise InvalidArgument([("geometry", f"could not parse {file_type.upper()}: {exc}")]) from None
-    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
-        raise InvalidArgument([("geometry", f"the {file_type.upper()} holds no triangles")])
-    if not np.isfinite(mesh.vertices).all():
-        raise InvalidArgument([("geometry", "vertex positions contain NaN or infinity")])
-    return mesh
 
 
 def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
@@ -90,9 +66,6 @@ def rotation_y(angle: float) -> np.ndarray:
     return m
 
 
-SHARP_EDGE_FACE_LIMIT = 20_000
-
-
 def shading_mesh(mesh: object) -> object:
     """The mesh with vertices split where faces meet at a sharp angle (keeps colours).
 
@@ -108,7 +81,7 @@ def shading_mesh(mesh: object) -> object:
 
 
 class Stage:
-    """A pyrender scene holding one object, framed to fill the view, lit from the camera and above."""
+    """A pyrender scene holding one mesh, framed to fill the view, lit from the camera and above."""
 
     def __init__(self, mesh: object, background: tuple[float, float, float], elevation_deg: float):
         import pyrender
@@ -124,10 +97,10 @@ class Stage:
         elevation = math.radians(elevation_deg)
         eye = np.array([0.0, distance * math.sin(elevation), distance * math.cos(elevation)])
         camera_pose = look_at(eye, np.zeros(3), np.array([0.0, 1.0, 0.0]))
-        self.scene.add(
-            pyrender.PerspectiveCamera(yfov=YFOV, aspectRatio=1.0, znear=distance * 0.01, zfar=distance * 4),
-            pose=camera_pose,
+        camera = pyrender.PerspectiveCamera(
+            yfov=YFOV, aspectRatio=1.0, znear=distance * 0.01, zfar=distance * 4
         )
+        self.scene.add(camera, pose=camera_pose)
         self.scene.add(pyrender.DirectionalLight(intensity=1.2), pose=camera_pose)
         key = look_at(np.array([-1.0, 2.0, 1.0]), np.zeros(3), np.array([0.0, 1.0, 0.0]))
         self.scene.add(pyrender.DirectionalLight(intensity=1.8), pose=key)
@@ -136,6 +109,20 @@ class Stage:
         centre = np.eye(4)
         centre[:3, 3] = -self.center
         self.scene.set_pose(self.node, rotation_y(angle) @ centre)
+
+
+class MeshView:
+    """A mesh stage bound to this thread's offscreen renderer."""
+
+    def __init__(self, stage: Stage, renderer: Renderer):
+        self.stage = stage
+        self.renderer = renderer
+
+    def turn(self, angle: float) -> None:
+        self.stage.turn(angle)
+
+    def draw(self, size: int) -> np.ndarray:
+        return self.renderer.draw(self.stage, size)
 
 
 class Renderer:
@@ -159,27 +146,46 @@ class Renderer:
         color, _ = self._offscreen(size).render(stage.scene)  # type: ignore[attr-defined]
         return np.ascontiguousarray(color[..., :3])
 
-    def thumbnail(self, mesh: object, params: ThumbnailParams) -> bytes:
-        from PIL import Image
+    def view(self, geometry: object, background: tuple[float, float, float], elevation_deg: float) -> object:
+        """Something with turn(angle) and draw(size) -> (size, size, 3) uint8."""
+        if isinstance(geometry, Points):
+            from services.render.splats import SplatStage
 
-        stage = Stage(mesh, params.background, params.elevation_deg)
-        stage.turn(math.radians(params.azimuth_deg))
-        return encode_png(Image.fromarray(self.draw(stage, params.resolution)))
+            return SplatStage(geometry, background, elevation_deg)
+        return MeshView(Stage(geometry, background, elevation_deg), self)
+
+    def thumbnail(self, geometry: object, params: ThumbnailParams) -> bytes:
+        view = self.view(geometry, params.background, params.elevation_deg)
+        view.turn(math.radians(params.azimuth_deg))  # type: ignore[attr-defined]
+        return encode_png(view.draw(params.resolution))  # type: ignore[attr-defined]
+
+    def contact_sheet(self, geometry: object, params: ContactSheetParams, reporter: Reporter) -> bytes:
+        view = self.view(geometry, params.background, params.elevation_deg)
+        columns = math.ceil(math.sqrt(params.views))
+        rows = math.ceil(params.views / columns)
+        size = params.resolution
+        sheet = np.empty((rows * size, columns * size, 3), dtype=np.uint8)
+        sheet[:] = np.round(np.array(params.background) * 255).astype(np.uint8)
+        for index in range(params.views):
+            view.turn(2.0 * math.pi * index / params.views)  # type: ignore[attr-defined]
+            row, column = divmod(index, columns)
+            sheet[row * size : (row + 1) * size, column * size : (column + 1) * size] = view.draw(size)  # type: ignore[attr-defined]
+            reporter.progress("contact_sheet", (index + 1) / params.views, f"view {index + 1}/{params.views}")
+        return encode_png(sheet)
 
     def turntable(
-        self, mesh: object, params: PreviewParams, crf: int, reporter: Reporter
+        self, geometry: object, params: PreviewParams, crf: int, reporter: Reporter
     ) -> tuple[bytes, int]:
         """Render one full turn and encode it as H.264 in an MP4 that browsers play."""
-        stage = Stage(mesh, params.background, params.elevation_deg)
-        frames = params.frames
+        view = self.view(geometry, params.background, params.elevation_deg)
         # faststart (index first, so browsers play while downloading) rewrites the file at
         # the end, which needs a real file rather than a memory buffer.
         with tempfile.TemporaryDirectory(prefix="threegen-mp4-") as scratch:
             path = Path(scratch) / "preview.mp4"
-            self._encode(stage, params, crf, reporter, path)
-            return path.read_bytes(), frames
+            self._encode(view, params, crf, reporter, path)
+            return path.read_bytes(), params.frames
 
-    def _encode(self, stage: Stage, params: PreviewParams, crf: int, reporter: Reporter, path: Path) -> None:
+    def _encode(self, view: object, params: PreviewParams, crf: int, reporter: Reporter, path: Path) -> None:
         import av
 
         frames = params.frames
@@ -190,10 +196,9 @@ class Renderer:
             stream.options = {"crf": str(crf), "preset": "veryfast"}
             report_every = max(1, frames // 16)
             for index in range(frames):
-                stage.turn(2.0 * math.pi * index / frames)
-                image = self.draw(stage, params.resolution)
-                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-                for packet in stream.encode(frame):
+                view.turn(2.0 * math.pi * index / frames)  # type: ignore[attr-defined]
+                image = view.draw(params.resolution)  # type: ignore[attr-defined]
+                for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                     container.mux(packet)
                 if (index + 1) % report_every == 0 or index + 1 == frames:
                     reporter.progress("frames", (index + 1) / frames, f"frame {index + 1}/{frames}")
@@ -201,11 +206,37 @@ class Renderer:
                 container.mux(packet)
 
 
+def point_exports(points: Points, formats: list[str]) -> list[Artifact]:
+    import trimesh
+
+    stem = "splats" if points.kind == common_pb2.GEOMETRY_KIND_GAUSSIAN_SPLAT else "points"
+    artifacts = []
+    for file_type in formats:
+        if file_type == "ply":
+            artifacts.append(Artifact(f"{stem}.ply", points.source))
+        elif file_type == "glb":
+            colors = np.clip(np.round(points.colors * 255), 0, 255).astype(np.uint8)
+            cloud = trimesh.PointCloud(points.positions, colors=colors)
+            artifacts.append(Artifact(f"{stem}.glb", export_mesh(cloud, "glb")))
+    return artifacts
+
+
+def mesh_exports(mesh: object, formats: list[str]) -> list[Artifact]:
+    artifacts = []
+    for file_type in formats:
+        if file_type == "obj":
+            artifacts.append(Artifact("mesh_obj.zip", obj_package(mesh)))
+        else:
+            artifacts.append(Artifact(f"mesh.{file_type}", export_mesh(mesh, file_type)))
+    return artifacts
+
+
 class RenderEngine:
     def __init__(self) -> None:
         self.renderer = Renderer()
 
     def run(self, job: RenderJob, reporter: Reporter) -> RenderOutput:
+        plan = job.plan
         timings: list[tuple[str, float]] = []
         clock = time.perf_counter()
 
@@ -215,23 +246,55 @@ class RenderEngine:
             timings.append((step, now - clock))
             clock = now
 
-        mesh = load_mesh(job.data, job.name)
+        geometry = load_geometry(job.data, job.name, job.kind)
         reporter.progress("load", 0.05)
         lap("load")
         artifacts: list[Artifact] = []
-        for file_type in job.exports:
-            artifacts.append(Artifact(EXPORT_FILE_TYPES[file_type], export_mesh(mesh, file_type)))
-        if job.exports:
-            reporter.progress("export", 0.1)
+        if isinstance(geometry, Points):
+            if plan.surface_depth:
+                mesh = surface_from_points(geometry, plan.surface_depth)
+                reporter.progress("surface", 0.1, f"{len(mesh.faces)} faces")  # type: ignore[attr-defined]
+                lap("surface")
+                geometry = mesh
+            else:
+                needing_mesh = [f.upper() for f in plan.exports if f in MESH_ONLY_EXPORTS]
+                if needing_mesh:
+                    raise InvalidArgument(
+                        [
+                            (
+                                "options.exports",
+                                f"{', '.join(needing_mesh)} needs a mesh; the input is a "
+                                f"{common_pb2.GeometryKind.Name(geometry.kind)}: set reconstruct_surface",
+                            )
+                        ]
+                    )
+                artifacts += point_exports(geometry, plan.exports)
+        if not isinstance(geometry, Points):
+            if plan.simplify is not None:
+                before = len(geometry.faces)  # type: ignore[attr-defined]
+                geometry = simplify(geometry, plan.simplify)
+                reporter.progress("simplify", 0.12, f"{before} -> {len(geometry.faces)} faces")  # type: ignore[attr-defined]
+                lap("simplify")
+            geometry = limit_textures(geometry, plan.texture_size_limit)
+            artifacts += mesh_exports(geometry, plan.exports)
+        if plan.exports:
+            reporter.progress("export", 0.15)
             lap("export")
-        if job.thumbnail is not None:
-            artifacts.append(Artifact("thumbnail.png", self.renderer.thumbnail(mesh, job.thumbnail)))
-            reporter.progress("thumbnail", 0.15)
+        if plan.thumbnail is not None:
+            artifacts.append(Artifact("thumbnail.png", self.renderer.thumbnail(geometry, plan.thumbnail)))
+            reporter.progress("thumbnail", 0.2)
             lap("thumbnail")
+        if plan.contact_sheet is not None:
+            sheet = self.renderer.contact_sheet(geometry, plan.contact_sheet, reporter.span(0.2, 0.3))
+            artifacts.append(Artifact("contact_sheet.png", sheet))
+            lap("contact_sheet")
         frame_count = 0
-        if job.preview is not None:
-            video, frame_count = self.renderer.turntable(mesh, job.preview, job.crf, reporter.span(0.15, 1.0))
+        if plan.preview is not None:
+            video, frame_count = self.renderer.turntable(
+                geometry, plan.preview, job.crf, reporter.span(0.3, 1.0)
+            )
             artifacts.append(Artifact("preview.mp4", video))
             lap("turntable")
         reporter.progress("done", 1.0)
-        return RenderOutput(artifacts, mesh_stats(mesh), timings, frame_count)
+        stats = geometry.stats() if isinstance(geometry, Points) else mesh_stats(geometry)
+        return RenderOutput(artifacts, stats, timings, frame_count)

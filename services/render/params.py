@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from threegen.errors import Violations
 from threegen.render.v1 import render_pb2
@@ -30,9 +30,37 @@ class ThumbnailParams:
     elevation_deg: float = 20.0
 
 
+@dataclass
+class ContactSheetParams:
+    views: int = 8
+    resolution: int = 256
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    elevation_deg: float = 20.0
+
+
+@dataclass
+class SimplifyParams:
+    target_faces: int = 0  # keep at most this many faces, or
+    ratio: float = 0.0  # remove this fraction of faces (TRELLIS's simplify)
+
+
+@dataclass
+class RenderPlan:
+    """Everything a render request asks for, validated."""
+
+    exports: list[str] = field(default_factory=list)
+    preview: PreviewParams | None = None
+    thumbnail: ThumbnailParams | None = None
+    contact_sheet: ContactSheetParams | None = None
+    simplify: SimplifyParams | None = None
+    texture_size_limit: int = 0
+    surface_depth: int = 0  # > 0: reconstruct a mesh from a point cloud at this octree depth
+
+
 EXPORT_NAMES = {
     render_pb2.MESH_FORMAT_GLB: "glb",
     render_pb2.MESH_FORMAT_PLY: "ply",
+    render_pb2.MESH_FORMAT_OBJ: "obj",
     render_pb2.MESH_FORMAT_STL: "stl",
 }
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
@@ -49,21 +77,22 @@ def parse_color(text: str, field: str, v: Violations) -> tuple[float, float, flo
     return tuple(int(value[i : i + 2], 16) / 255.0 for i in (0, 2, 4))  # type: ignore[return-value]
 
 
-def validate_options(options: render_pb2.RenderOptions, *, max_frames: int, prefix: str = "options"):
-    """RenderOptions -> (export names, preview, thumbnail), or INVALID_ARGUMENT naming every bad field."""
+def validate_options(
+    options: render_pb2.RenderOptions, *, max_frames: int, prefix: str = "options"
+) -> RenderPlan:
+    """RenderOptions -> a RenderPlan, or INVALID_ARGUMENT naming every bad field."""
     v = Violations()
-    exports = []
+    plan = RenderPlan()
     for index, fmt in enumerate(options.exports):
         name = EXPORT_NAMES.get(fmt)
         if name is None:
             shown = render_pb2.MeshFormat.Name(fmt) if fmt in render_pb2.MeshFormat.values() else str(fmt)
-            v.add(f"{prefix}.exports[{index}]", f"{shown} is not supported; use GLB, PLY or STL")
-        elif name not in exports:
-            exports.append(name)
-    preview = None
+            v.add(f"{prefix}.exports[{index}]", f"{shown} is not supported; use GLB, PLY, OBJ or STL")
+        elif name not in plan.exports:
+            plan.exports.append(name)
     if options.HasField("preview"):
         p = options.preview
-        preview = PreviewParams(
+        preview = plan.preview = PreviewParams(
             seconds=p.seconds or 3.0,
             fps=p.fps or 16,
             resolution=p.resolution or 512,
@@ -83,16 +112,50 @@ def validate_options(options: render_pb2.RenderOptions, *, max_frames: int, pref
             f"{prefix}.preview",
             f"seconds x fps gives {preview.frames} frames; the limit is {max_frames}",
         )
-    thumbnail = None
     if options.HasField("thumbnail"):
         t = options.thumbnail
-        thumbnail = ThumbnailParams(
+        plan.thumbnail = ThumbnailParams(
             resolution=t.resolution or 512,
             background=parse_color(t.background, f"{prefix}.thumbnail.background", v),
             azimuth_deg=t.azimuth_deg,
         )
-        v.in_range(thumbnail.resolution, 64, 2048, f"{prefix}.thumbnail.resolution")
-    if not exports and preview is None and thumbnail is None:
-        v.add(prefix, "nothing to produce: ask for exports, a preview or a thumbnail")
+        v.in_range(plan.thumbnail.resolution, 64, 2048, f"{prefix}.thumbnail.resolution")
+    if options.HasField("contact_sheet"):
+        c = options.contact_sheet
+        plan.contact_sheet = ContactSheetParams(
+            views=c.views or 8,
+            resolution=c.resolution or 256,
+            background=parse_color(c.background, f"{prefix}.contact_sheet.background", v),
+        )
+        v.in_range(plan.contact_sheet.views, 2, 36, f"{prefix}.contact_sheet.views")
+        v.in_range(plan.contact_sheet.resolution, 64, 1024, f"{prefix}.contact_sheet.resolution")
+    if options.HasField("simplify"):
+        target = options.simplify.WhichOneof("target")
+        if target == "target_faces":
+            v.check(
+                options.simplify.target_faces >= 4, f"{prefix}.simplify.target_faces", "must be at least 4"
+            )
+            plan.simplify = SimplifyParams(target_faces=options.simplify.target_faces)
+        elif target == "ratio":
+            v.check(
+                0.0 <= options.simplify.ratio < 1.0,
+                f"{prefix}.simplify.ratio",
+                f"must be between 0 and 1 (the fraction of faces removed), got {options.simplify.ratio:g}",
+            )
+            plan.simplify = SimplifyParams(ratio=options.simplify.ratio)
+        else:
+            v.add(f"{prefix}.simplify", "set target_faces or ratio")
+    limit = options.texture_size_limit
+    v.check(
+        limit == 0 or 64 <= limit <= 8192,
+        f"{prefix}.texture_size_limit",
+        f"must be 0 (keep) or between 64 and 8192, got {limit}",
+    )
+    plan.texture_size_limit = limit
+    if options.HasField("reconstruct_surface"):
+        plan.surface_depth = options.reconstruct_surface.depth or 8
+        v.in_range(plan.surface_depth, 5, 11, f"{prefix}.reconstruct_surface.depth")
+    if not (plan.exports or plan.preview or plan.thumbnail or plan.contact_sheet):
+        v.add(prefix, "nothing to produce: ask for exports, a preview, a thumbnail or a contact sheet")
     v.raise_if_any()
-    return exports, preview, thumbnail
+    return plan

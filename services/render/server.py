@@ -12,7 +12,7 @@ from services.render.params import validate_options
 from services.render.settings import RenderSettings
 from threegen.chunks import iter_chunks
 from threegen.common.v1 import common_pb2
-from threegen.errors import Violations
+from threegen.errors import InvalidArgument, Violations
 from threegen.render.v1 import render_pb2, render_pb2_grpc
 from threegen.runtime.server import Runtime, Service
 from threegen.runtime.work import Done
@@ -37,9 +37,10 @@ class RenderServicer(render_pb2_grpc.RenderServiceServicer):
             files={"geometry": self.settings.max_geometry_bytes},
             idle_seconds=self.settings.upload_idle_seconds,
         )
-        exports, preview, thumbnail = validate_options(
-            upload.params.options, max_frames=self.settings.max_frames
-        )
+        plan = validate_options(upload.params.options, max_frames=self.settings.max_frames)
+        kind = upload.params.kind
+        if kind not in common_pb2.GeometryKind.values():
+            raise InvalidArgument([("params.kind", f"unknown geometry kind {kind}")])
         if upload.params.validate_only:
             yield render_pb2.RenderResponse(result=render_pb2.RenderResult())
             return
@@ -47,7 +48,7 @@ class RenderServicer(render_pb2_grpc.RenderServiceServicer):
         geometry = upload.files.get("geometry")
         v.check(geometry is not None, "geometry", "required: send the geometry file as chunks after params")
         v.raise_if_any()
-        job = RenderJob(geometry.data, geometry.name, exports, preview, thumbnail, self.settings.video_crf)
+        job = RenderJob(geometry.data, plan, geometry.name, kind, self.settings.video_crf)
         self.runtime.require_ready()
         output = None
         async for event in self.runtime.run(functools.partial(self.state["engine"].run, job)):

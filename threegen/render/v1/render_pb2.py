@@ -25,31 +25,35 @@ _sym_db = _symbol_database.Default()
 from threegen.common.v1 import common_pb2 as threegen_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fthreegen/render/v1/render.proto\x12\x12threegen.render.v1\x1a\x1fthreegen/common/v1/common.proto\"\x84\x01\n\x0ePreviewOptions\x12\x0f\n\x07seconds\x18\x01 \x01(\x02\x12\x0b\n\x03\x66ps\x18\x02 \x01(\r\x12\x12\n\nresolution\x18\x03 \x01(\r\x12\x12\n\nbackground\x18\x04 \x01(\t\x12\x1a\n\relevation_deg\x18\x05 \x01(\x02H\x00\x88\x01\x01\x42\x10\n\x0e_elevation_deg\"O\n\x10ThumbnailOptions\x12\x12\n\nresolution\x18\x01 \x01(\r\x12\x12\n\nbackground\x18\x02 \x01(\t\x12\x13\n\x0b\x61zimuth_deg\x18\x03 \x01(\x02\"D\n\x0fSimplifyOptions\x12\x16\n\x0ctarget_faces\x18\x01 \x01(\rH\x00\x12\x0f\n\x05ratio\x18\x02 \x01(\x02H\x00\x42\x08\n\x06target\"\xe5\x01\n\rRenderOptions\x12/\n\x07\x65xports\x18\x01 \x03(\x0e\x32\x1e.threegen.render.v1.MeshFormat\x12\x33\n\x07preview\x18\x02 \x01(\x0b\x32\".threegen.render.v1.PreviewOptions\x12\x37\n\tthumbnail\x18\x03 \x01(\x0b\x32$.threegen.render.v1.ThumbnailOptions\x12\x35\n\x08simplify\x18\x04 \x01(\x0b\x32#.threegen.render.v1.SimplifyOptions\"\x89\x01\n\x0cRenderParams\x12.\n\x04kind\x18\x01 \x01(\x0e\x32 .threegen.common.v1.GeometryKind\x12\x32\n\x07options\x18\x02 \x01(\x0b\x32!.threegen.render.v1.RenderOptions\x12\x15\n\rvalidate_only\x18\x03 \x01(\x08\"z\n\rRenderRequest\x12\x32\n\x06params\x18\x01 \x01(\x0b\x32 .threegen.render.v1.RenderParamsH\x00\x12-\n\x08geometry\x18\x02 \x01(\x0b\x32\x19.threegen.common.v1.ChunkH\x00\x42\x06\n\x04part\"\xb7\x01\n\x0cRenderResult\x12\x33\n\tartifacts\x18\x01 \x03(\x0b\x32 .threegen.common.v1.ArtifactInfo\x12\x30\n\x05stats\x18\x02 \x01(\x0b\x32!.threegen.common.v1.GeometryStats\x12+\n\x07timings\x18\x03 \x03(\x0b\x32\x1a.threegen.common.v1.Timing\x12\x13\n\x0b\x66rame_count\x18\x04 \x01(\r\"\xab\x01\n\x0eRenderResponse\x12\x30\n\x08progress\x18\x01 \x01(\x0b\x32\x1c.threegen.common.v1.ProgressH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.threegen.common.v1.ChunkH\x00\x12\x32\n\x06result\x18\x03 \x01(\x0b\x32 .threegen.render.v1.RenderResultH\x00\x42\x07\n\x05\x65vent*}\n\nMeshFormat\x12\x1b\n\x17MESH_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n\x0fMESH_FORMAT_GLB\x10\x01\x12\x13\n\x0fMESH_FORMAT_PLY\x10\x02\x12\x13\n\x0fMESH_FORMAT_OBJ\x10\x03\x12\x13\n\x0fMESH_FORMAT_STL\x10\x04\x32\x64\n\rRenderService\x12S\n\x06Render\x12!.threegen.render.v1.RenderRequest\x1a\".threegen.render.v1.RenderResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fthreegen/render/v1/render.proto\x12\x12threegen.render.v1\x1a\x1fthreegen/common/v1/common.proto\"\x84\x01\n\x0ePreviewOptions\x12\x0f\n\x07seconds\x18\x01 \x01(\x02\x12\x0b\n\x03\x66ps\x18\x02 \x01(\r\x12\x12\n\nresolution\x18\x03 \x01(\r\x12\x12\n\nbackground\x18\x04 \x01(\t\x12\x1a\n\relevation_deg\x18\x05 \x01(\x02H\x00\x88\x01\x01\x42\x10\n\x0e_elevation_deg\"O\n\x10ThumbnailOptions\x12\x12\n\nresolution\x18\x01 \x01(\r\x12\x12\n\nbackground\x18\x02 \x01(\t\x12\x13\n\x0b\x61zimuth_deg\x18\x03 \x01(\x02\"L\n\x13\x43ontactSheetOptions\x12\r\n\x05views\x18\x01 \x01(\r\x12\x12\n\nresolution\x18\x02 \x01(\r\x12\x12\n\nbackground\x18\x03 \x01(\t\"\x1f\n\x0eSurfaceOptions\x12\r\n\x05\x64\x65pth\x18\x01 \x01(\r\"D\n\x0fSimplifyOptions\x12\x16\n\x0ctarget_faces\x18\x01 \x01(\rH\x00\x12\x0f\n\x05ratio\x18\x02 \x01(\x02H\x00\x42\x08\n\x06target\"\x82\x03\n\rRenderOptions\x12/\n\x07\x65xports\x18\x01 \x03(\x0e\x32\x1e.threegen.render.v1.MeshFormat\x12\x33\n\x07preview\x18\x02 \x01(\x0b\x32\".threegen.render.v1.PreviewOptions\x12\x37\n\tthumbnail\x18\x03 \x01(\x0b\x32$.threegen.render.v1.ThumbnailOptions\x12\x35\n\x08simplify\x18\x04 \x01(\x0b\x32#.threegen.render.v1.SimplifyOptions\x12>\n\rcontact_sheet\x18\x05 \x01(\x0b\x32\'.threegen.render.v1.ContactSheetOptions\x12\x1a\n\x12texture_size_limit\x18\x06 \x01(\r\x12?\n\x13reconstruct_surface\x18\x07 \x01(\x0b\x32\".threegen.render.v1.SurfaceOptions\"\x89\x01\n\x0cRenderParams\x12.\n\x04kind\x18\x01 \x01(\x0e\x32 .threegen.common.v1.GeometryKind\x12\x32\n\x07options\x18\x02 \x01(\x0b\x32!.threegen.render.v1.RenderOptions\x12\x15\n\rvalidate_only\x18\x03 \x01(\x08\"z\n\rRenderRequest\x12\x32\n\x06params\x18\x01 \x01(\x0b\x32 .threegen.render.v1.RenderParamsH\x00\x12-\n\x08geometry\x18\x02 \x01(\x0b\x32\x19.threegen.common.v1.ChunkH\x00\x42\x06\n\x04part\"\xb7\x01\n\x0cRenderResult\x12\x33\n\tartifacts\x18\x01 \x03(\x0b\x32 .threegen.common.v1.ArtifactInfo\x12\x30\n\x05stats\x18\x02 \x01(\x0b\x32!.threegen.common.v1.GeometryStats\x12+\n\x07timings\x18\x03 \x03(\x0b\x32\x1a.threegen.common.v1.Timing\x12\x13\n\x0b\x66rame_count\x18\x04 \x01(\r\"\xab\x01\n\x0eRenderResponse\x12\x30\n\x08progress\x18\x01 \x01(\x0b\x32\x1c.threegen.common.v1.ProgressH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.threegen.common.v1.ChunkH\x00\x12\x32\n\x06result\x18\x03 \x01(\x0b\x32 .threegen.render.v1.RenderResultH\x00\x42\x07\n\x05\x65vent*}\n\nMeshFormat\x12\x1b\n\x17MESH_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n\x0fMESH_FORMAT_GLB\x10\x01\x12\x13\n\x0fMESH_FORMAT_PLY\x10\x02\x12\x13\n\x0fMESH_FORMAT_OBJ\x10\x03\x12\x13\n\x0fMESH_FORMAT_STL\x10\x04\x32\x64\n\rRenderService\x12S\n\x06Render\x12!.threegen.render.v1.RenderRequest\x1a\".threegen.render.v1.RenderResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'threegen.render.v1.render_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MESHFORMAT']._serialized_start=1230
-  _globals['_MESHFORMAT']._serialized_end=1355
+  _globals['_MESHFORMAT']._serialized_start=1498
+  _globals['_MESHFORMAT']._serialized_end=1623
   _globals['_PREVIEWOPTIONS']._serialized_start=89
   _globals['_PREVIEWOPTIONS']._serialized_end=221
   _globals['_THUMBNAILOPTIONS']._serialized_start=223
   _globals['_THUMBNAILOPTIONS']._serialized_end=302
-  _globals['_SIMPLIFYOPTIONS']._serialized_start=304
-  _globals['_SIMPLIFYOPTIONS']._serialized_end=372
-  _globals['_RENDEROPTIONS']._serialized_start=375
-  _globals['_RENDEROPTIONS']._serialized_end=604
-  _globals['_RENDERPARAMS']._serialized_start=607
-  _globals['_RENDERPARAMS']._serialized_end=744
-  _globals['_RENDERREQUEST']._serialized_start=746
-  _globals['_RENDERREQUEST']._serialized_end=868
-  _globals['_RENDERRESULT']._serialized_start=871
-  _globals['_RENDERRESULT']._serialized_end=1054
-  _globals['_RENDERRESPONSE']._serialized_start=1057
-  _globals['_RENDERRESPONSE']._serialized_end=1228
-  _globals['_RENDERSERVICE']._serialized_start=1357
-  _globals['_RENDERSERVICE']._serialized_end=1457
+  _globals['_CONTACTSHEETOPTIONS']._serialized_start=304
+  _globals['_CONTACTSHEETOPTIONS']._serialized_end=380
+  _globals['_SURFACEOPTIONS']._serialized_start=382
+  _globals['_SURFACEOPTIONS']._serialized_end=413
+  _globals['_SIMPLIFYOPTIONS']._serialized_start=415
+  _globals['_SIMPLIFYOPTIONS']._serialized_end=483
+  _globals['_RENDEROPTIONS']._serialized_start=486
+  _globals['_RENDEROPTIONS']._serialized_end=872
+  _globals['_RENDERPARAMS']._serialized_start=875
+  _globals['_RENDERPARAMS']._serialized_end=1012
+  _globals['_RENDERREQUEST']._serialized_start=1014
+  _globals['_RENDERREQUEST']._serialized_end=1136
+  _globals['_RENDERRESULT']._serialized_start=1139
+  _globals['_RENDERRESULT']._serialized_end=1322
+  _globals['_RENDERRESPONSE']._serialized_start=1325
+  _globals['_RENDERRESPONSE']._serialized_end=1496
+  _globals['_RENDERSERVICE']._serialized_start=1625
+  _globals['_RENDERSERVICE']._serialized_end=1725
 # @@protoc_insertion_point(module_scope)

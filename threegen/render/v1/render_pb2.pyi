@@ -31,7 +31,9 @@ class _MeshFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MeshFormat
     MESH_FORMAT_GLB: _MeshFormat.ValueType  # 1
     """Binary glTF 2.0 ("model/gltf-binary")."""
     MESH_FORMAT_PLY: _MeshFormat.ValueType  # 2
-    """Binary PLY with vertex colours ("application/x-ply")."""
+    """Binary PLY ("application/x-ply"): a mesh with vertex colours, or the point cloud or
+    Gaussian splats as they came.
+    """
     MESH_FORMAT_OBJ: _MeshFormat.ValueType  # 3
     """Wavefront OBJ, zipped with its MTL and texture ("application/zip")."""
     MESH_FORMAT_STL: _MeshFormat.ValueType  # 4
@@ -45,7 +47,9 @@ MESH_FORMAT_UNSPECIFIED: MeshFormat.ValueType  # 0
 MESH_FORMAT_GLB: MeshFormat.ValueType  # 1
 """Binary glTF 2.0 ("model/gltf-binary")."""
 MESH_FORMAT_PLY: MeshFormat.ValueType  # 2
-"""Binary PLY with vertex colours ("application/x-ply")."""
+"""Binary PLY ("application/x-ply"): a mesh with vertex colours, or the point cloud or
+Gaussian splats as they came.
+"""
 MESH_FORMAT_OBJ: MeshFormat.ValueType  # 3
 """Wavefront OBJ, zipped with its MTL and texture ("application/zip")."""
 MESH_FORMAT_STL: MeshFormat.ValueType  # 4
@@ -123,6 +127,58 @@ class ThumbnailOptions(_message.Message):
 Global___ThumbnailOptions: _TypeAlias = ThumbnailOptions  # noqa: Y015
 
 @_typing.final
+class ContactSheetOptions(_message.Message):
+    """A grid of views around the object in one PNG."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIEWS_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    BACKGROUND_FIELD_NUMBER: _builtins.int
+    views: _builtins.int
+    """Number of views, evenly spaced in azimuth; 0 means 8. Range 2..36."""
+    resolution: _builtins.int
+    """Width and height of each view in pixels; 0 means 256. Range 64..1024."""
+    background: _builtins.str
+    """Background colour as "#rrggbb"; empty means "#ffffff"."""
+    def __init__(
+        self,
+        *,
+        views: _builtins.int = ...,
+        resolution: _builtins.int = ...,
+        background: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background", b"background", "resolution", b"resolution", "views", b"views"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContactSheetOptions: _TypeAlias = ContactSheetOptions  # noqa: Y015
+
+@_typing.final
+class SurfaceOptions(_message.Message):
+    """Point cloud -> mesh by screened Poisson surface reconstruction (XCube outputs)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPTH_FIELD_NUMBER: _builtins.int
+    depth: _builtins.int
+    """Octree depth; higher keeps more detail; 0 means 8. Range 5..11."""
+    def __init__(
+        self,
+        *,
+        depth: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["depth", b"depth"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SurfaceOptions: _TypeAlias = SurfaceOptions  # noqa: Y015
+
+@_typing.final
 class SimplifyOptions(_message.Message):
     """Mesh simplification before export."""
 
@@ -160,6 +216,13 @@ class RenderOptions(_message.Message):
     PREVIEW_FIELD_NUMBER: _builtins.int
     THUMBNAIL_FIELD_NUMBER: _builtins.int
     SIMPLIFY_FIELD_NUMBER: _builtins.int
+    CONTACT_SHEET_FIELD_NUMBER: _builtins.int
+    TEXTURE_SIZE_LIMIT_FIELD_NUMBER: _builtins.int
+    RECONSTRUCT_SURFACE_FIELD_NUMBER: _builtins.int
+    texture_size_limit: _builtins.int
+    """Largest texture side in exported GLB / OBJ; larger textures are downscaled. 0 keeps them.
+    Range 0 or 64..8192 (TRELLIS's texture_size).
+    """
     @_builtins.property
     def exports(self) -> _containers.RepeatedScalarFieldContainer[Global___MeshFormat.ValueType]:
         """Export formats; empty means none besides the preview and thumbnail."""
@@ -176,6 +239,16 @@ class RenderOptions(_message.Message):
     def simplify(self) -> Global___SimplifyOptions:
         """Simplification applied to meshes before export and preview; absent means none."""
 
+    @_builtins.property
+    def contact_sheet(self) -> Global___ContactSheetOptions:
+        """PNG grid of views; absent means none."""
+
+    @_builtins.property
+    def reconstruct_surface(self) -> Global___SurfaceOptions:
+        """For point clouds: reconstruct a mesh, which mesh exports and the preview then use;
+        absent means point clouds stay points (exportable as PLY or GLB points).
+        """
+
     def __init__(
         self,
         *,
@@ -183,10 +256,13 @@ class RenderOptions(_message.Message):
         preview: Global___PreviewOptions | None = ...,
         thumbnail: Global___ThumbnailOptions | None = ...,
         simplify: Global___SimplifyOptions | None = ...,
+        contact_sheet: Global___ContactSheetOptions | None = ...,
+        texture_size_limit: _builtins.int = ...,
+        reconstruct_surface: Global___SurfaceOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["preview", b"preview", "simplify", b"simplify", "thumbnail", b"thumbnail"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact_sheet", b"contact_sheet", "preview", b"preview", "reconstruct_surface", b"reconstruct_surface", "simplify", b"simplify", "thumbnail", b"thumbnail"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exports", b"exports", "preview", b"preview", "simplify", b"simplify", "thumbnail", b"thumbnail"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_sheet", b"contact_sheet", "exports", b"exports", "preview", b"preview", "reconstruct_surface", b"reconstruct_surface", "simplify", b"simplify", "texture_size_limit", b"texture_size_limit", "thumbnail", b"thumbnail"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
