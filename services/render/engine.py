@@ -186,24 +186,49 @@ class Renderer:
             return path.read_bytes(), params.frames
 
     def _encode(self, view: object, params: PreviewParams, crf: int, reporter: Reporter, path: Path) -> None:
+        """Draw frames here while another thread encodes them (libav releases the GIL), so the
+        H.264 encode overlaps the drawing instead of following each frame."""
+        import queue
+
         import av
 
         frames = params.frames
-        with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
-            stream = container.add_stream("libx264", rate=params.fps)
-            stream.width = stream.height = params.resolution
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "veryfast"}
-            report_every = max(1, frames // 16)
+        pending: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=8)
+        failure: list[BaseException] = []
+
+        def encode() -> None:
+            try:
+                with av.open(
+                    str(path), mode="w", format="mp4", options={"movflags": "+faststart"}
+                ) as container:
+                    stream = container.add_stream("libx264", rate=params.fps)
+                    stream.width = stream.height = params.resolution
+                    stream.pix_fmt = "yuv420p"
+                    stream.options = {"crf": str(crf), "preset": "veryfast"}
+                    while (image := pending.get()) is not None:
+                        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                            container.mux(packet)
+                    for packet in stream.encode():
+                        container.mux(packet)
+            except BaseException as exc:  # reported to the drawing thread
+                failure.append(exc)
+                while pending.get() is not None:  # drain so the drawer never blocks
+                    pass
+
+        encoder = threading.Thread(target=encode, name="h264-encoder", daemon=True)
+        encoder.start()
+        report_every = max(1, frames // 16)
+        try:
             for index in range(frames):
                 view.turn(2.0 * math.pi * index / frames)  # type: ignore[attr-defined]
-                image = view.draw(params.resolution)  # type: ignore[attr-defined]
-                for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                    container.mux(packet)
+                pending.put(view.draw(params.resolution))  # type: ignore[attr-defined]
                 if (index + 1) % report_every == 0 or index + 1 == frames:
                     reporter.progress("frames", (index + 1) / frames, f"frame {index + 1}/{frames}")
-            for packet in stream.encode():
-                container.mux(packet)
+        finally:
+            pending.put(None)
+            encoder.join()
+        if failure:
+            raise failure[0]
 
 
 def point_exports(points: Points, formats: list[str]) -> list[Artifact]:
