@@ -53,7 +53,29 @@ def service_config(service: str, attempts: int) -> str:
     )
 
 
-def open_channel(address: str, service: str, attempts: int) -> grpc.aio.Channel:
+def channel_credentials(settings: GatewaySettings) -> grpc.ChannelCredentials | None:
+    """TLS to the backends when a CA is configured (plus a client certificate for mTLS)."""
+    if not settings.backend_tls_ca:
+        return None
+
+    def read(path: str) -> bytes:
+        with open(path, "rb") as handle:
+            return handle.read()
+
+    key = read(settings.backend_tls_key) if settings.backend_tls_key else None
+    cert = read(settings.backend_tls_cert) if settings.backend_tls_cert else None
+    return grpc.ssl_channel_credentials(
+        read(settings.backend_tls_ca), private_key=key, certificate_chain=cert
+    )
+
+
+def open_channel(
+    address: str,
+    service: str,
+    attempts: int,
+    credentials: grpc.ChannelCredentials | None = None,
+    server_name: str = "",
+) -> grpc.aio.Channel:
     options = [
         ("grpc.service_config", service_config(service, attempts)),
         ("grpc.enable_retries", 1),
@@ -61,7 +83,11 @@ def open_channel(address: str, service: str, attempts: int) -> grpc.aio.Channel:
         ("grpc.retry_buffer_size", RETRY_BUFFER_BYTES * 4),
         ("grpc.keepalive_time_ms", 30000),
     ]
-    return grpc.aio.insecure_channel(address, options=options)
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.aio.secure_channel(address, credentials, options=options)
 
 
 def call_metadata() -> tuple[tuple[str, str], ...]:
@@ -95,12 +121,16 @@ def translate(error: grpc.aio.AioRpcError, backend: str, rename: Callable[[str],
 class Backends:
     def __init__(self, settings: GatewaySettings):
         attempts = settings.backend_retries
+        tls = channel_credentials(settings)
+        name = settings.backend_tls_server_name
+        targets = {
+            "imagegen": (settings.imagegen_address, "threegen.imagegen.v1.ImageGenService"),
+            "recon": (settings.recon_address, "threegen.recon.v1.ReconService"),
+            "render": (settings.render_address, "threegen.render.v1.RenderService"),
+        }
         self.channels = {
-            "imagegen": open_channel(
-                settings.imagegen_address, "threegen.imagegen.v1.ImageGenService", attempts
-            ),
-            "recon": open_channel(settings.recon_address, "threegen.recon.v1.ReconService", attempts),
-            "render": open_channel(settings.render_address, "threegen.render.v1.RenderService", attempts),
+            backend: open_channel(address, service, attempts, tls, name)
+            for backend, (address, service) in targets.items()
         }
         self.imagegen = imagegen_pb2_grpc.ImageGenServiceStub(self.channels["imagegen"])
         self.recon = recon_pb2_grpc.ReconServiceStub(self.channels["recon"])

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from gateway import urls
 from gateway.backends import Backends, call_metadata, translate
 from gateway.settings import GatewaySettings
 from services.imagegen.params import MAX_PROMPT_CHARS
@@ -61,10 +62,20 @@ RENAME_RENDER = _prefixer("options", "outputs")
 
 
 @dataclass
+class Prepared:
+    """A checked request with its inputs fetched and its route chosen."""
+
+    image: bytes = b""
+    mask: bytes = b""
+    via_imagegen: bool = True
+
+
+@dataclass
 class Run:
     """State of one Generate call."""
 
     request: gateway_pb2.GenerateRequest
+    prepared: Prepared
     outputs: render_pb2.RenderOptions
     seed: int
     weights: dict[int, float]
@@ -91,47 +102,95 @@ class Run:
 
 
 class GeneratePipeline:
-    def __init__(self, backends: Backends, settings: GatewaySettings):
+    def __init__(self, backends: Backends, settings: GatewaySettings, inputs: Callable[[str], bytes | None]):
         self.backends = backends
         self.settings = settings
+        self.inputs = inputs  # upload id -> bytes
+        self._models: tuple[float, recon_pb2.ListModelsResponse] | None = None
 
-    async def check(self, request: gateway_pb2.GenerateRequest) -> None:
-        """Check our own fields, then the backends' (validate_only), all before any work."""
+    async def recon_models(self) -> recon_pb2.ListModelsResponse:
+        """recon's families and what they accept, cached for 30 s."""
+        if self._models is None or time.monotonic() - self._models[0] > 30.0:
+            try:
+                reply = await self.backends.recon.ListModels(
+                    recon_pb2.ListModelsRequest(), timeout=10, metadata=call_metadata()
+                )
+            except grpc.aio.AioRpcError as error:
+                raise translate(error, "recon", RENAME_RECON) from None
+            self._models = (time.monotonic(), reply)
+        return self._models[1]
+
+    async def _takes_text(self, family: int) -> bool:
+        models = await self.recon_models()
+        family = family or models.default_family
+        return any(m.family == family and m.accepts_text for m in models.models)
+
+    async def _input(self, inline: bytes, upload_id: str, url: str, field_name: str, v: Violations) -> bytes:
+        given = [name for name, value in (("", inline), ("_input_id", upload_id), ("_url", url)) if value]
+        if len(given) > 1:
+            v.add(field_name, f"give one of {field_name}, {field_name}_input_id, {field_name}_url")
+            return b""
+        if upload_id:
+            data = self.inputs(upload_id)
+            if data is None:
+                v.add(f"{field_name}_input_id", f"no uploaded input {upload_id!r} (it may have expired)")
+            return data or b""
+        if url:
+            if not self.settings.allow_image_urls:
+                v.add(
+                    f"{field_name}_url",
+                    "URL inputs are disabled on this gateway (THREEGEN_GATEWAY_ALLOW_IMAGE_URLS)",
+                )
+                return b""
+            return await asyncio.to_thread(urls.fetch, url, self.settings.max_upload_bytes)
+        limit = self.settings.max_inline_image_bytes
+        v.check(
+            len(inline) <= limit,
+            field_name,
+            f"inline file of {len(inline)} bytes exceeds the limit of {limit} bytes; use UploadInput",
+        )
+        return inline
+
+    async def check(self, request: gateway_pb2.GenerateRequest) -> Prepared:
+        """Check our own fields and fetch the inputs, then the backends' (validate_only), all
+        before any work; every problem is reported at once."""
         v = Violations()
         v.check(
             len(request.prompt) <= MAX_PROMPT_CHARS,
             "prompt",
             f"exceeds maximum length of {MAX_PROMPT_CHARS} characters",
         )
-        v.check(
-            bool(request.prompt.strip()) or bool(request.image),
-            "prompt",
-            "required: give a prompt, an image, or both",
+        prepared = Prepared()
+        prepared.image = await self._input(
+            request.image, request.image_input_id, request.image_url, "image", v
         )
-        v.check(
-            len(request.image) <= self.settings.max_inline_image_bytes,
-            "image",
-            f"inline image of {len(request.image)} bytes exceeds the limit of "
-            f"{self.settings.max_inline_image_bytes} bytes",
-        )
+        prepared.mask = await self._input(request.mask, request.mask_input_id, "", "mask", v)
+        prepared.via_imagegen = not prepared.image
+        if not prepared.image:
+            if not request.prompt.strip():
+                v.add("prompt", "required: give a prompt, an image, or both")
+            elif await self._takes_text(request.recon_options.family):
+                prepared.via_imagegen = False  # text-native families (TRELLIS text, XCube) skip imagegen
         checks = [self._check_recon(request), self._check_render(request)]
-        if request.image and not v.items:
-            checks.append(
-                asyncio.to_thread(decode_image, request.image, "image", self.settings.max_image_pixels)
-            )
-        if not request.image:
+        limit = self.settings.max_image_pixels
+        if prepared.image and not v.items:
+            checks.append(asyncio.to_thread(decode_image, prepared.image, "image", limit))
+        if prepared.mask and not v.items:
+            checks.append(asyncio.to_thread(decode_image, prepared.mask, "mask", limit))
+        if prepared.via_imagegen:
             checks.append(self._check_imagegen(request))
         results = await asyncio.gather(*checks, return_exceptions=True)
         # Every problem at once; where we already named a field, the backend's echo is dropped.
         ours = {field for field, _ in v.items}
         for result in results:
             if isinstance(result, InvalidArgument):
-                for field, description in result.violations:
-                    if field not in ours:
-                        v.add(field, description)
+                for field_name, description in result.violations:
+                    if field_name not in ours:
+                        v.add(field_name, description)
             elif isinstance(result, BaseException):
                 raise result
         v.raise_if_any()
+        return prepared
 
     async def _drain(self, call: object, backend: str, rename: Callable[[str], str]) -> None:
         try:
@@ -168,19 +227,22 @@ class GeneratePipeline:
         await self._drain(call, "render", RENAME_RENDER)
 
     async def generate(
-        self, request: gateway_pb2.GenerateRequest, timeout: Callable[[], float | None]
+        self,
+        request: gateway_pb2.GenerateRequest,
+        timeout: Callable[[], float | None],
+        prepared: Prepared | None = None,
     ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
-        await self.check(request)
+        prepared = prepared or await self.check(request)
         run = Run(
             request=request,
+            prepared=prepared,
             outputs=request.outputs if request.HasField("outputs") else default_outputs(),
             seed=request.seed if request.HasField("seed") else secrets.randbelow(2**32),
-            weights=WEIGHTS_FROM_IMAGE if request.image else WEIGHTS_FROM_TEXT,
+            weights=WEIGHTS_FROM_TEXT if prepared.via_imagegen else WEIGHTS_FROM_IMAGE,
             timeout=timeout,
         )
-        if request.image:
-            run.image = request.image
-        else:
+        run.image = prepared.image
+        if prepared.via_imagegen:
             async for response in self._image(run):
                 yield response
         async for response in self._reconstruct(run):
@@ -254,8 +316,12 @@ class GeneratePipeline:
 
         async def requests() -> AsyncIterator[recon_pb2.ReconstructRequest]:
             yield recon_pb2.ReconstructRequest(params=params)
-            for chunk in iter_chunks(Artifact("input.png", run.image)):
-                yield recon_pb2.ReconstructRequest(image=chunk)
+            if run.image:
+                for chunk in iter_chunks(Artifact("input.png", run.image)):
+                    yield recon_pb2.ReconstructRequest(image=chunk)
+            if run.prepared.mask:
+                for chunk in iter_chunks(Artifact("mask.png", run.prepared.mask)):
+                    yield recon_pb2.ReconstructRequest(mask=chunk)
 
         call = self.backends.recon.Reconstruct(requests(), timeout=run.timeout(), metadata=call_metadata())
         collector = ArtifactCollector("recon.chunk")

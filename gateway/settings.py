@@ -26,9 +26,35 @@ class GatewaySettings(ServerSettings):
         3 * 1024 * 1024, "Largest image sent inline in GenerateRequest.image."
     )
     max_image_pixels: int = setting(4096 * 4096, "Largest input image, in pixels.")
+    data_dir: str = setting(
+        "~/.local/share/threegen/gateway", "Job store: SQLite database, artifacts, uploads."
+    )
+    job_workers: int = setting(2, "Asynchronous jobs run at once.")
+    max_queued_jobs: int = setting(100, "Queued jobs before SubmitJob answers RESOURCE_EXHAUSTED.")
+    job_retention_hours: float = setting(72.0, "Finished jobs and their artifacts are deleted after this.")
+    max_jobs_kept: int = setting(10000, "Most finished jobs kept; the oldest go first.")
+    cache: bool = setting(True, "Serve a repeated request with an explicit seed from stored artifacts.")
+    max_upload_bytes: int = setting(32 * 1024 * 1024, "Largest file accepted by UploadInput.")
+    api_keys: tuple[str, ...] = setting((), "Accepted API keys (Authorization: Bearer KEY); empty: no auth.")
+    allow_image_urls: bool = setting(
+        False, "Fetch GenerateRequest.image_url (public http(s) addresses only)."
+    )
+    backend_tls_ca: str = setting("", "PEM CA bundle to verify the backends' TLS certificates.")
+    backend_tls_cert: str = setting("", "PEM client certificate presented to the backends (mTLS).")
+    backend_tls_key: str = setting("", "PEM private key of BACKEND_TLS_CERT.")
+    backend_tls_server_name: str = setting(
+        "", "Name expected in the backends' certificates, if not the host."
+    )
 
     def validate(self) -> None:
         super().validate()
         self.require(
             1 <= self.backend_retries <= 5, "backend_retries", "must be 1..5 (gRPC caps attempts at 5)"
+        )
+        self.require(self.job_workers >= 1, "job_workers", "must be at least 1")
+        self.require(self.max_queued_jobs >= 1, "max_queued_jobs", "must be at least 1")
+        self.require(
+            bool(self.backend_tls_cert) == bool(self.backend_tls_key),
+            "backend_tls_cert",
+            "BACKEND_TLS_CERT and BACKEND_TLS_KEY go together",
         )

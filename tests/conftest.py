@@ -54,9 +54,12 @@ def render_service(**overrides):
 
 
 def gateway_service(imagegen: str, recon: str, render: str, **overrides):
+    import tempfile
+
     from gateway.server import build
     from gateway.settings import GatewaySettings
 
+    overrides.setdefault("data_dir", tempfile.mkdtemp(prefix="threegen-gateway-"))
     return build(
         GatewaySettings.from_env(
             {}, **LOCAL, imagegen_address=imagegen, recon_address=recon, render_address=render, **overrides

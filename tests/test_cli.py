@@ -87,3 +87,31 @@ def test_demo_starts_a_stack_generates_and_stops(tiny, tmp_path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["image.png", "mesh.glb", "mesh.ply", "preview.mp4"]
     assert len(trimesh.load(out / "mesh.glb", force="mesh").faces) > 0
     assert "ready gateway" in done.stderr
+
+
+def test_job_commands(stack, tmp_path) -> None:
+    address = ["--address", stack.gateway.address]
+    submitted = run_cli("submit", "a lamp", *address, "--json", *SMALL)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["id"]
+    watched = run_cli("watch", job_id, *address, "-o", str(tmp_path / "job"), "--json")
+    assert watched.returncode == 0, watched.stderr
+    report = json.loads(watched.stdout)
+    assert report["job"]["status"] == "JOB_STATUS_SUCCEEDED"
+    assert sorted(p.rsplit("/", 1)[-1] for p in report["files"]) == [
+        "image.png",
+        "mesh.glb",
+        "mesh.ply",
+        "preview.mp4",
+    ]
+    status = json.loads(run_cli("status", job_id, *address, "--json").stdout)
+    assert status["result"]["seed"] == 3
+    listed = json.loads(run_cli("jobs", *address, "--json", "--status", "succeeded").stdout)
+    assert job_id in {j["id"] for j in listed["jobs"]}
+    one = run_cli("download", job_id, "mesh.glb", *address, "-o", str(tmp_path / "one"))
+    assert one.returncode == 0 and sorted(p.name for p in (tmp_path / "one").iterdir()) == ["mesh.glb"]
+    image = tmp_path / "job" / "image.png"
+    uploaded = json.loads(run_cli("upload", str(image), *address, "--json").stdout)
+    assert len(uploaded["inputId"]) == 64
+    missing = run_cli("status", "no-such-job", *address)
+    assert missing.returncode == 2 and "NOT_FOUND" in missing.stderr

@@ -35,10 +35,10 @@ def run_generate(address: str, request: gateway_pb2.GenerateRequest, timeout: fl
     return progress, collector.finished, result
 
 
-def small_request(**kwargs) -> gateway_pb2.GenerateRequest:
+def small_request(seed: int = 7, **kwargs) -> gateway_pb2.GenerateRequest:
     return gateway_pb2.GenerateRequest(
         prompt="a wooden chair",
-        seed=7,
+        seed=seed,
         image_options=imagegen_pb2.ImageOptions(width=64, height=64, steps=2),
         recon_options=recon_pb2.ReconOptions(triposr=recon_pb2.TripoSROptions(mc_resolution=48)),
         outputs=render_pb2.RenderOptions(

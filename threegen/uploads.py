@@ -39,7 +39,7 @@ async def read_upload(
             message = await asyncio.wait_for(iterator.__anext__(), timeout=idle_seconds)
         except StopAsyncIteration:
             break
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise InvalidArgument(
                 [(oneof, f"upload stalled: no message for {idle_seconds:g} s; finish the stream")]
             ) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -10,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from threegen.errors import Internal, ResourceExhausted, ServiceError
+from threegen.errors import Internal, ResourceExhausted, ServiceError, Unauthenticated
 from threegen.logs import REQUEST_ID, REQUEST_ID_HEADER, new_request_id
 from threegen.runtime import metrics
 
@@ -36,9 +37,26 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     return new_request_id()
 
 
+def _authorised(context: grpc.aio.ServicerContext, keys: tuple[str, ...]) -> bool:
+    """An `authorization: Bearer KEY` (or `x-api-key: KEY`) header naming one of the keys."""
+    for name, value in context.invocation_metadata() or ():
+        if not isinstance(value, str):
+            continue
+        if name == "authorization" and value[:7].lower() == "bearer ":
+            offered = value[7:].strip()
+        elif name == "x-api-key":
+            offered = value.strip()
+        else:
+            continue
+        if any(hmac.compare_digest(offered.encode(), key.encode()) for key in keys):
+            return True
+    return False
+
+
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, service: str):
+    def __init__(self, service: str, api_keys: tuple[str, ...] = ()):
         self.service = service
+        self.api_keys = api_keys
 
     async def intercept_service(
         self,
@@ -76,6 +94,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     def _begin(self, context: grpc.aio.ServicerContext) -> Any:
         return REQUEST_ID.set(_request_id(context))
 
+    def _check_key(self, context: grpc.aio.ServicerContext) -> None:
+        if self.api_keys and not _authorised(context, self.api_keys):
+            raise Unauthenticated("missing or invalid API key: send 'authorization: Bearer <key>'")
+
     async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
         error = _as_service_error(exc)
         if isinstance(error, Internal):
@@ -103,6 +125,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                self._check_key(context)
                 return await behavior(request, context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
@@ -126,6 +149,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                self._check_key(context)
                 await context.send_initial_metadata(((REQUEST_ID_HEADER, REQUEST_ID.get()),))
                 async for response in behavior(request, context):
                     yield response

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +124,30 @@ class Runtime:
             self._update_gauges()
 
 
+def read_file(path: str, setting: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise RuntimeError(f"{setting}: cannot read {path}: {exc}") from exc
+
+
+def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    """TLS (and mTLS when a client CA is set) from PEM files, or None for plaintext."""
+    if not settings.tls_cert:
+        return None
+    key = read_file(settings.tls_key, settings.env_name("tls_key"))
+    cert = read_file(settings.tls_cert, settings.env_name("tls_cert"))
+    ca = (
+        read_file(settings.tls_client_ca, settings.env_name("tls_client_ca"))
+        if settings.tls_client_ca
+        else None
+    )
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
 @dataclass
 class Service:
     """A deployable service: how to register it and how to load its models."""
@@ -135,6 +159,9 @@ class Service:
     load: Callable[[Runtime], None] | None = None
     stage: int = common_pb2.STAGE_UNSPECIFIED
     close: Callable[[], None] | None = None
+    api_keys: tuple[str, ...] = ()
+    started: Callable[[Runtime], Awaitable[None]] | None = None  # after the port opens (async set-up)
+    stopping: Callable[[], Awaitable[None]] | None = None  # before the drain ends (async tear-down)
 
 
 class RunningService:
@@ -154,20 +181,34 @@ class RunningService:
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        self.server = grpc.aio.server(interceptors=[ServiceInterceptor(self.service.name)], options=options)
+        interceptor = ServiceInterceptor(self.service.name, self.service.api_keys)
+        self.server = grpc.aio.server(interceptors=[interceptor], options=options)
         self.service.register(self.server, self.runtime)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [*self.service.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
+        address = f"{settings.host}:{settings.port}"
+        credentials = server_credentials(settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
         if self.port == 0:
             raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
         await self.server.start()
+        transport = "mTLS" if settings.tls_client_ca else "TLS" if settings.tls_cert else "plaintext"
         log.info(
-            "%s listening on %s:%d", self.service.name, settings.host, self.port, extra={"port": self.port}
+            "%s listening on %s:%d (%s)",
+            self.service.name,
+            settings.host,
+            self.port,
+            transport,
+            extra={"port": self.port},
         )
+        if self.service.started is not None:
+            await self.service.started(self.runtime)
         self._load_task = asyncio.create_task(self._load())
 
     async def _set_health(self, status: int) -> None:
@@ -197,6 +238,8 @@ class RunningService:
         await self.health.enter_graceful_shutdown()
         grace = self.service.settings.grace_seconds if grace is None else grace
         log.info("%s draining (grace %.0f s)", self.service.name, grace)
+        if self.service.stopping is not None:
+            await self.service.stopping()
         await self.server.stop(grace)
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()

@@ -27,6 +27,9 @@ class ServerSettings(Settings):
         "json", "`json` (one object a line, with request ids) or `plain`.", fallback="LOG_FORMAT"
     )
     device: str = setting("auto", "Torch device: `auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`.")
+    tls_cert: str = setting("", "PEM certificate chain: serve TLS instead of plaintext.")
+    tls_key: str = setting("", "PEM private key of TLS_CERT.")
+    tls_client_ca: str = setting("", "PEM CA bundle: require client certificates signed by it (mTLS).")
 
     def validate(self) -> None:
         self.require(0 <= self.port <= 65535, "port", "must be 0..65535")
@@ -36,3 +39,9 @@ class ServerSettings(Settings):
         self.require(self.grace_seconds >= 0, "grace_seconds", "must be 0 or more")
         self.require(self.max_message_bytes >= 64 * 1024, "max_message_bytes", "must be at least 65536")
         self.require(self.log_format in ("json", "plain"), "log_format", "must be json or plain")
+        self.require(
+            bool(self.tls_cert) == bool(self.tls_key), "tls_cert", "TLS_CERT and TLS_KEY go together"
+        )
+        self.require(
+            not self.tls_client_ca or bool(self.tls_cert), "tls_client_ca", "mTLS needs TLS_CERT and TLS_KEY"
+        )

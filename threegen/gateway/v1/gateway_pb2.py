@@ -22,29 +22,64 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from threegen.common.v1 import common_pb2 as threegen_dot_common_dot_v1_dot_common__pb2
 from threegen.imagegen.v1 import imagegen_pb2 as threegen_dot_imagegen_dot_v1_dot_imagegen__pb2
 from threegen.recon.v1 import recon_pb2 as threegen_dot_recon_dot_v1_dot_recon__pb2
 from threegen.render.v1 import render_pb2 as threegen_dot_render_dot_v1_dot_render__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!threegen/gateway/v1/gateway.proto\x12\x13threegen.gateway.v1\x1a\x1fthreegen/common/v1/common.proto\x1a#threegen/imagegen/v1/imagegen.proto\x1a\x1dthreegen/recon/v1/recon.proto\x1a\x1fthreegen/render/v1/render.proto\"\xf3\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x11\n\x04seed\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x39\n\rimage_options\x18\x04 \x01(\x0b\x32\".threegen.imagegen.v1.ImageOptions\x12\x36\n\rrecon_options\x18\x05 \x01(\x0b\x32\x1f.threegen.recon.v1.ReconOptions\x12\x32\n\x07outputs\x18\x06 \x01(\x0b\x32!.threegen.render.v1.RenderOptionsB\x07\n\x05_seed\"\xbd\x02\n\x0eGenerateResult\x12\x0c\n\x04seed\x18\x01 \x01(\r\x12\x30\n\x05stats\x18\x02 \x01(\x0b\x32!.threegen.common.v1.GeometryStats\x12\x33\n\tartifacts\x18\x03 \x03(\x0b\x32 .threegen.common.v1.ArtifactInfo\x12+\n\x07timings\x18\x04 \x03(\x0b\x32\x1a.threegen.common.v1.Timing\x12\x15\n\rtotal_seconds\x18\x05 \x01(\x01\x12\x32\n\x05views\x18\x06 \x03(\x0b\x32#.threegen.imagegen.v1.GeneratedView\x12*\n\x06\x66\x61mily\x18\x07 \x01(\x0e\x32\x1a.threegen.common.v1.Family\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"\xb0\x01\n\x10GenerateResponse\x12\x30\n\x08progress\x18\x01 \x01(\x0b\x32\x1c.threegen.common.v1.ProgressH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.threegen.common.v1.ChunkH\x00\x12\x35\n\x06result\x18\x03 \x01(\x0b\x32#.threegen.gateway.v1.GenerateResultH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"C\n\x12ListModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.threegen.common.v1.ModelInfo2\xca\x01\n\x0eGatewayService\x12Y\n\x08Generate\x12$.threegen.gateway.v1.GenerateRequest\x1a%.threegen.gateway.v1.GenerateResponse0\x01\x12]\n\nListModels\x12&.threegen.gateway.v1.ListModelsRequest\x1a\'.threegen.gateway.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!threegen/gateway/v1/gateway.proto\x12\x13threegen.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fthreegen/common/v1/common.proto\x1a#threegen/imagegen/v1/imagegen.proto\x1a\x1dthreegen/recon/v1/recon.proto\x1a\x1fthreegen/render/v1/render.proto\"\xc3\x02\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x11\n\x04seed\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x39\n\rimage_options\x18\x04 \x01(\x0b\x32\".threegen.imagegen.v1.ImageOptions\x12\x36\n\rrecon_options\x18\x05 \x01(\x0b\x32\x1f.threegen.recon.v1.ReconOptions\x12\x32\n\x07outputs\x18\x06 \x01(\x0b\x32!.threegen.render.v1.RenderOptions\x12\x16\n\x0eimage_input_id\x18\x07 \x01(\t\x12\x11\n\timage_url\x18\x08 \x01(\t\x12\x0c\n\x04mask\x18\t \x01(\x0c\x12\x15\n\rmask_input_id\x18\n \x01(\tB\x07\n\x05_seed\"\xcd\x02\n\x0eGenerateResult\x12\x0c\n\x04seed\x18\x01 \x01(\r\x12\x30\n\x05stats\x18\x02 \x01(\x0b\x32!.threegen.common.v1.GeometryStats\x12\x33\n\tartifacts\x18\x03 \x03(\x0b\x32 .threegen.common.v1.ArtifactInfo\x12+\n\x07timings\x18\x04 \x03(\x0b\x32\x1a.threegen.common.v1.Timing\x12\x15\n\rtotal_seconds\x18\x05 \x01(\x01\x12\x32\n\x05views\x18\x06 \x03(\x0b\x32#.threegen.imagegen.v1.GeneratedView\x12*\n\x06\x66\x61mily\x18\x07 \x01(\x0e\x32\x1a.threegen.common.v1.Family\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\t \x01(\x08\"\xb0\x01\n\x10GenerateResponse\x12\x30\n\x08progress\x18\x01 \x01(\x0b\x32\x1c.threegen.common.v1.ProgressH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.threegen.common.v1.ChunkH\x00\x12\x35\n\x06result\x18\x03 \x01(\x0b\x32#.threegen.gateway.v1.GenerateResultH\x00\x42\x07\n\x05\x65vent\">\n\x12UploadInputRequest\x12(\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x19.threegen.common.v1.Chunk\"K\n\x13UploadInputResponse\x12\x10\n\x08input_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\xd1\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.threegen.gateway.v1.JobStatus\x12\x16\n\x0equeue_position\x18\x03 \x01(\r\x12.\n\x08progress\x18\x04 \x01(\x0b\x32\x1c.threegen.common.v1.Progress\x12\x12\n\nerror_code\x18\x05 \x01(\t\x12\x15\n\rerror_message\x18\x06 \x01(\t\x12\x35\n\x0c\x66ield_errors\x18\x07 \x03(\x0b\x32\x1f.threegen.gateway.v1.FieldError\x12\x33\n\x06result\x18\x08 \x01(\x0b\x32#.threegen.gateway.v1.GenerateResult\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06prompt\x18\x0c \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\r \x01(\x08\"0\n\nFieldError\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"I\n\x10SubmitJobRequest\x12\x35\n\x07request\x18\x01 \x01(\x0b\x32$.threegen.gateway.v1.GenerateRequest\":\n\x11SubmitJobResponse\x12%\n\x03job\x18\x01 \x01(\x0b\x32\x18.threegen.gateway.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"7\n\x0eGetJobResponse\x12%\n\x03job\x18\x01 \x01(\x0b\x32\x18.threegen.gateway.v1.Job\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"9\n\x10WatchJobResponse\x12%\n\x03job\x18\x01 \x01(\x0b\x32\x18.threegen.gateway.v1.Job\"7\n\x17\x44ownloadArtifactRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"D\n\x18\x44ownloadArtifactResponse\x12(\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x19.threegen.common.v1.Chunk\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\":\n\x11\x43\x61ncelJobResponse\x12%\n\x03job\x18\x01 \x01(\x0b\x32\x18.threegen.gateway.v1.Job\"h\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12.\n\x06status\x18\x03 \x01(\x0e\x32\x1e.threegen.gateway.v1.JobStatus\"S\n\x10ListJobsResponse\x12&\n\x04jobs\x18\x01 \x03(\x0b\x32\x18.threegen.gateway.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\"C\n\x12ListModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.threegen.common.v1.ModelInfo*\xa1\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATUS_QUEUED\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x18\n\x14JOB_STATUS_SUCCEEDED\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x05\x32\xe0\x06\n\x0eGatewayService\x12Y\n\x08Generate\x12$.threegen.gateway.v1.GenerateRequest\x1a%.threegen.gateway.v1.GenerateResponse0\x01\x12]\n\nListModels\x12&.threegen.gateway.v1.ListModelsRequest\x1a\'.threegen.gateway.v1.ListModelsResponse\x12\x62\n\x0bUploadInput\x12\'.threegen.gateway.v1.UploadInputRequest\x1a(.threegen.gateway.v1.UploadInputResponse(\x01\x12Z\n\tSubmitJob\x12%.threegen.gateway.v1.SubmitJobRequest\x1a&.threegen.gateway.v1.SubmitJobResponse\x12Q\n\x06GetJob\x12\".threegen.gateway.v1.GetJobRequest\x1a#.threegen.gateway.v1.GetJobResponse\x12Y\n\x08WatchJob\x12$.threegen.gateway.v1.WatchJobRequest\x1a%.threegen.gateway.v1.WatchJobResponse0\x01\x12q\n\x10\x44ownloadArtifact\x12,.threegen.gateway.v1.DownloadArtifactRequest\x1a-.threegen.gateway.v1.DownloadArtifactResponse0\x01\x12Z\n\tCancelJob\x12%.threegen.gateway.v1.CancelJobRequest\x1a&.threegen.gateway.v1.CancelJobResponse\x12W\n\x08ListJobs\x12$.threegen.gateway.v1.ListJobsRequest\x1a%.threegen.gateway.v1.ListJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'threegen.gateway.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GENERATEREQUEST']._serialized_start=193
-  _globals['_GENERATEREQUEST']._serialized_end=436
-  _globals['_GENERATERESULT']._serialized_start=439
-  _globals['_GENERATERESULT']._serialized_end=756
-  _globals['_GENERATERESPONSE']._serialized_start=759
-  _globals['_GENERATERESPONSE']._serialized_end=935
-  _globals['_LISTMODELSREQUEST']._serialized_start=937
-  _globals['_LISTMODELSREQUEST']._serialized_end=956
-  _globals['_LISTMODELSRESPONSE']._serialized_start=958
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1025
-  _globals['_GATEWAYSERVICE']._serialized_start=1028
-  _globals['_GATEWAYSERVICE']._serialized_end=1230
+  _globals['_JOBSTATUS']._serialized_start=2549
+  _globals['_JOBSTATUS']._serialized_end=2710
+  _globals['_GENERATEREQUEST']._serialized_start=226
+  _globals['_GENERATEREQUEST']._serialized_end=549
+  _globals['_GENERATERESULT']._serialized_start=552
+  _globals['_GENERATERESULT']._serialized_end=885
+  _globals['_GENERATERESPONSE']._serialized_start=888
+  _globals['_GENERATERESPONSE']._serialized_end=1064
+  _globals['_UPLOADINPUTREQUEST']._serialized_start=1066
+  _globals['_UPLOADINPUTREQUEST']._serialized_end=1128
+  _globals['_UPLOADINPUTRESPONSE']._serialized_start=1130
+  _globals['_UPLOADINPUTRESPONSE']._serialized_end=1205
+  _globals['_JOB']._serialized_start=1208
+  _globals['_JOB']._serialized_end=1673
+  _globals['_FIELDERROR']._serialized_start=1675
+  _globals['_FIELDERROR']._serialized_end=1723
+  _globals['_SUBMITJOBREQUEST']._serialized_start=1725
+  _globals['_SUBMITJOBREQUEST']._serialized_end=1798
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=1800
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=1858
+  _globals['_GETJOBREQUEST']._serialized_start=1860
+  _globals['_GETJOBREQUEST']._serialized_end=1891
+  _globals['_GETJOBRESPONSE']._serialized_start=1893
+  _globals['_GETJOBRESPONSE']._serialized_end=1948
+  _globals['_WATCHJOBREQUEST']._serialized_start=1950
+  _globals['_WATCHJOBREQUEST']._serialized_end=1983
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1985
+  _globals['_WATCHJOBRESPONSE']._serialized_end=2042
+  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_start=2044
+  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_end=2099
+  _globals['_DOWNLOADARTIFACTRESPONSE']._serialized_start=2101
+  _globals['_DOWNLOADARTIFACTRESPONSE']._serialized_end=2169
+  _globals['_CANCELJOBREQUEST']._serialized_start=2171
+  _globals['_CANCELJOBREQUEST']._serialized_end=2205
+  _globals['_CANCELJOBRESPONSE']._serialized_start=2207
+  _globals['_CANCELJOBRESPONSE']._serialized_end=2265
+  _globals['_LISTJOBSREQUEST']._serialized_start=2267
+  _globals['_LISTJOBSREQUEST']._serialized_end=2371
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2373
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2456
+  _globals['_LISTMODELSREQUEST']._serialized_start=2458
+  _globals['_LISTMODELSREQUEST']._serialized_end=2477
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2479
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2546
+  _globals['_GATEWAYSERVICE']._serialized_start=2713
+  _globals['_GATEWAYSERVICE']._serialized_end=3577
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,41 @@ class GatewayServiceStub:
                 request_serializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.UploadInput = channel.stream_unary(
+                '/threegen.gateway.v1.GatewayService/UploadInput',
+                request_serializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.UploadInputRequest.SerializeToString,
+                response_deserializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.UploadInputResponse.FromString,
+                _registered_method=True)
+        self.SubmitJob = channel.unary_unary(
+                '/threegen.gateway.v1.GatewayService/SubmitJob',
+                request_serializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.SubmitJobRequest.SerializeToString,
+                response_deserializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.SubmitJobResponse.FromString,
+                _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/threegen.gateway.v1.GatewayService/GetJob',
+                request_serializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.GetJobResponse.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/threegen.gateway.v1.GatewayService/WatchJob',
+                request_serializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.WatchJobResponse.FromString,
+                _registered_method=True)
+        self.DownloadArtifact = channel.unary_stream(
+                '/threegen.gateway.v1.GatewayService/DownloadArtifact',
+                request_serializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.DownloadArtifactRequest.SerializeToString,
+                response_deserializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.DownloadArtifactResponse.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/threegen.gateway.v1.GatewayService/CancelJob',
+                request_serializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.CancelJobResponse.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/threegen.gateway.v1.GatewayService/ListJobs',
+                request_serializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -66,6 +101,57 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadInput(self, request_iterator, context):
+        """Uploads an input file (an image, or a mask for SAM 3D) as chunks; returns an id to use
+        in GenerateRequest. Inputs are kept as long as jobs are.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitJob(self, request, context):
+        """Queues a Generate request as a job that survives gateway restarts; returns at once with
+        the job id and its queue position.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJob(self, request, context):
+        """Current state of a job: status, queue position, progress, error, result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """Streams a job's state each time it changes, until it finishes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadArtifact(self, request, context):
+        """Streams one artifact of a finished job as chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Cancels a queued or running job; a running one stops its backend work.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """Lists jobs, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +164,41 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsRequest.FromString,
                     response_serializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'UploadInput': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadInput,
+                    request_deserializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.UploadInputRequest.FromString,
+                    response_serializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.UploadInputResponse.SerializeToString,
+            ),
+            'SubmitJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitJob,
+                    request_deserializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.SubmitJobRequest.FromString,
+                    response_serializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.SubmitJobResponse.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.GetJobRequest.FromString,
+                    response_serializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.GetJobResponse.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.WatchJobRequest.FromString,
+                    response_serializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.WatchJobResponse.SerializeToString,
+            ),
+            'DownloadArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadArtifact,
+                    request_deserializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.DownloadArtifactRequest.FromString,
+                    response_serializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.DownloadArtifactResponse.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.CancelJobRequest.FromString,
+                    response_serializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.ListJobsRequest.FromString,
+                    response_serializer=threegen_dot_gateway_dot_v1_dot_gateway__pb2.ListJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +256,195 @@ class GatewayService:
             '/threegen.gateway.v1.GatewayService/ListModels',
             threegen_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsRequest.SerializeToString,
             threegen_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadInput(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/threegen.gateway.v1.GatewayService/UploadInput',
+            threegen_dot_gateway_dot_v1_dot_gateway__pb2.UploadInputRequest.SerializeToString,
+            threegen_dot_gateway_dot_v1_dot_gateway__pb2.UploadInputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/threegen.gateway.v1.GatewayService/SubmitJob',
+            threegen_dot_gateway_dot_v1_dot_gateway__pb2.SubmitJobRequest.SerializeToString,
+            threegen_dot_gateway_dot_v1_dot_gateway__pb2.SubmitJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/threegen.gateway.v1.GatewayService/GetJob',
+            threegen_dot_gateway_dot_v1_dot_gateway__pb2.GetJobRequest.SerializeToString,
+            threegen_dot_gateway_dot_v1_dot_gateway__pb2.GetJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/threegen.gateway.v1.GatewayService/WatchJob',
+            threegen_dot_gateway_dot_v1_dot_gateway__pb2.WatchJobRequest.SerializeToString,
+            threegen_dot_gateway_dot_v1_dot_gateway__pb2.WatchJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/threegen.gateway.v1.GatewayService/DownloadArtifact',
+            threegen_dot_gateway_dot_v1_dot_gateway__pb2.DownloadArtifactRequest.SerializeToString,
+            threegen_dot_gateway_dot_v1_dot_gateway__pb2.DownloadArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/threegen.gateway.v1.GatewayService/CancelJob',
+            threegen_dot_gateway_dot_v1_dot_gateway__pb2.CancelJobRequest.SerializeToString,
+            threegen_dot_gateway_dot_v1_dot_gateway__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/threegen.gateway.v1.GatewayService/ListJobs',
+            threegen_dot_gateway_dot_v1_dot_gateway__pb2.ListJobsRequest.SerializeToString,
+            threegen_dot_gateway_dot_v1_dot_gateway__pb2.ListJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

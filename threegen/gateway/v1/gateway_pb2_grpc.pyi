@@ -39,6 +39,24 @@ class GatewayServiceStub:
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListModelsRequest, _gateway_pb2.ListModelsResponse]
     """Lists the models of every backend service."""
+    UploadInput: _grpc.StreamUnaryMultiCallable[_gateway_pb2.UploadInputRequest, _gateway_pb2.UploadInputResponse]
+    """Uploads an input file (an image, or a mask for SAM 3D) as chunks; returns an id to use
+    in GenerateRequest. Inputs are kept as long as jobs are.
+    """
+    SubmitJob: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SubmitJobRequest, _gateway_pb2.SubmitJobResponse]
+    """Queues a Generate request as a job that survives gateway restarts; returns at once with
+    the job id and its queue position.
+    """
+    GetJob: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetJobRequest, _gateway_pb2.GetJobResponse]
+    """Current state of a job: status, queue position, progress, error, result."""
+    WatchJob: _grpc.UnaryStreamMultiCallable[_gateway_pb2.WatchJobRequest, _gateway_pb2.WatchJobResponse]
+    """Streams a job's state each time it changes, until it finishes."""
+    DownloadArtifact: _grpc.UnaryStreamMultiCallable[_gateway_pb2.DownloadArtifactRequest, _gateway_pb2.DownloadArtifactResponse]
+    """Streams one artifact of a finished job as chunks."""
+    CancelJob: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CancelJobRequest, _gateway_pb2.CancelJobResponse]
+    """Cancels a queued or running job; a running one stops its backend work."""
+    ListJobs: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListJobsRequest, _gateway_pb2.ListJobsResponse]
+    """Lists jobs, newest first."""
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -51,6 +69,24 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListModelsRequest, _gateway_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Lists the models of every backend service."""
+    UploadInput: _aio.StreamUnaryMultiCallable[_gateway_pb2.UploadInputRequest, _gateway_pb2.UploadInputResponse]  # type: ignore[assignment]
+    """Uploads an input file (an image, or a mask for SAM 3D) as chunks; returns an id to use
+    in GenerateRequest. Inputs are kept as long as jobs are.
+    """
+    SubmitJob: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SubmitJobRequest, _gateway_pb2.SubmitJobResponse]  # type: ignore[assignment]
+    """Queues a Generate request as a job that survives gateway restarts; returns at once with
+    the job id and its queue position.
+    """
+    GetJob: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetJobRequest, _gateway_pb2.GetJobResponse]  # type: ignore[assignment]
+    """Current state of a job: status, queue position, progress, error, result."""
+    WatchJob: _aio.UnaryStreamMultiCallable[_gateway_pb2.WatchJobRequest, _gateway_pb2.WatchJobResponse]  # type: ignore[assignment]
+    """Streams a job's state each time it changes, until it finishes."""
+    DownloadArtifact: _aio.UnaryStreamMultiCallable[_gateway_pb2.DownloadArtifactRequest, _gateway_pb2.DownloadArtifactResponse]  # type: ignore[assignment]
+    """Streams one artifact of a finished job as chunks."""
+    CancelJob: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CancelJobRequest, _gateway_pb2.CancelJobResponse]  # type: ignore[assignment]
+    """Cancels a queued or running job; a running one stops its backend work."""
+    ListJobs: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListJobsRequest, _gateway_pb2.ListJobsResponse]  # type: ignore[assignment]
+    """Lists jobs, newest first."""
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """The one endpoint users need: text or image -> 3D asset + previews, streamed."""
@@ -72,5 +108,65 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.ListModelsResponse, _abc.Awaitable[_gateway_pb2.ListModelsResponse]]:
         """Lists the models of every backend service."""
+
+    @_abc_1.abstractmethod
+    def UploadInput(
+        self,
+        request_iterator: _MaybeAsyncIterator[_gateway_pb2.UploadInputRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.UploadInputResponse, _abc.Awaitable[_gateway_pb2.UploadInputResponse]]:
+        """Uploads an input file (an image, or a mask for SAM 3D) as chunks; returns an id to use
+        in GenerateRequest. Inputs are kept as long as jobs are.
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitJob(
+        self,
+        request: _gateway_pb2.SubmitJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.SubmitJobResponse, _abc.Awaitable[_gateway_pb2.SubmitJobResponse]]:
+        """Queues a Generate request as a job that survives gateway restarts; returns at once with
+        the job id and its queue position.
+        """
+
+    @_abc_1.abstractmethod
+    def GetJob(
+        self,
+        request: _gateway_pb2.GetJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GetJobResponse, _abc.Awaitable[_gateway_pb2.GetJobResponse]]:
+        """Current state of a job: status, queue position, progress, error, result."""
+
+    @_abc_1.abstractmethod
+    def WatchJob(
+        self,
+        request: _gateway_pb2.WatchJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_pb2.WatchJobResponse], _abc.AsyncIterator[_gateway_pb2.WatchJobResponse]]:
+        """Streams a job's state each time it changes, until it finishes."""
+
+    @_abc_1.abstractmethod
+    def DownloadArtifact(
+        self,
+        request: _gateway_pb2.DownloadArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_pb2.DownloadArtifactResponse], _abc.AsyncIterator[_gateway_pb2.DownloadArtifactResponse]]:
+        """Streams one artifact of a finished job as chunks."""
+
+    @_abc_1.abstractmethod
+    def CancelJob(
+        self,
+        request: _gateway_pb2.CancelJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CancelJobResponse, _abc.Awaitable[_gateway_pb2.CancelJobResponse]]:
+        """Cancels a queued or running job; a running one stops its backend work."""
+
+    @_abc_1.abstractmethod
+    def ListJobs(
+        self,
+        request: _gateway_pb2.ListJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListJobsResponse, _abc.Awaitable[_gateway_pb2.ListJobsResponse]]:
+        """Lists jobs, newest first."""
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
