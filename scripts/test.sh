@@ -15,5 +15,8 @@ python -m threegen.protogen --check
 echo "== buf lint / breaking"
 bash scripts/buf.sh
 
+echo "== Dockerfiles and Kubernetes manifests"
+bash scripts/deploy_check.sh
+
 echo "== tests"
 python -m pytest "$@"

@@ -74,3 +74,20 @@ def tiny_environment(folders: dict[str, Path]) -> dict[str, str]:
         "THREEGEN_RECON_REMBG_MODEL": str(folders["rembg"] / "u2net-tiny.onnx"),
         "HF_HUB_OFFLINE": "1",
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m threegen.tiny --dir DIR`: write the tiny checkpoints and print the environment
+    that points the services at them (used by the Kubernetes `local` overlay's init container)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="write tiny random-weight checkpoints")
+    parser.add_argument("--dir", default=str(default_root()))
+    args = parser.parse_args(argv)
+    for name, value in tiny_environment(ensure_tiny_weights(Path(args.dir))).items():
+        print(f"{name}={value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,43 @@
+# threegen imagegen: one GPU image per service. Build from the repository root:
+#   docker build -f deploy/docker/imagegen.Dockerfile -t threegen/imagegen:0.1.0 .
+# Weights are not baked in by default: mount a volume at /models (HF_HOME) so every replica
+# shares one download. --build-arg BAKE_WEIGHTS=true bakes them into the image instead.
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HOME=/models/huggingface \
+    U2NET_HOME=/models/rembg \
+    PATH=/opt/venv/bin:$PATH \
+    THREEGEN_IMAGEGEN_PORT=50052 \
+    THREEGEN_IMAGEGEN_METRICS_PORT=9090
+
+# apt packages follow the pinned base image; security fixes arrive by rebuilding on it.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 10001 threegen \
+    && mkdir -p /models && chown threegen /models
+
+WORKDIR /app
+COPY deploy/requirements/imagegen.txt /tmp/requirements.txt
+RUN python3 -m venv /opt/venv \
+    && pip install "torch==2.11.0" \
+    && pip install --no-deps --requirement /tmp/requirements.txt
+COPY pyproject.toml README.md ./
+COPY threegen ./threegen
+COPY services ./services
+COPY gateway ./gateway
+RUN pip install --no-deps .
+
+ARG BAKE_WEIGHTS=false
+RUN if [ "$BAKE_WEIGHTS" = "true" ]; then python -m threegen.fetch_weights imagegen && chown -R threegen /models; fi
+
+USER 10001
+EXPOSE 50052 9090
+HEALTHCHECK --interval=30s --timeout=5s --start-period=900s --retries=3 \
+    CMD ["python", "-m", "threegen.healthcheck", "--port", "50052"]
+CMD ["python", "-m", "services.imagegen"]
