@@ -21,12 +21,23 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # second step (pip prints a conflict notice, which is expected).
 "${pip[@]}" "PyOpenGL==3.1.10" 2>&1 | grep -v -E "dependency resolver|pyrender 0.1.45 requires" || true
 
-# CPU rendering needs Mesa's OSMesa (GPU machines use EGL from the driver).
-if ! ldconfig -p 2>/dev/null | grep -q libOSMesa; then
+# System packages: Mesa's OSMesa for CPU rendering (GPU machines use EGL from the driver);
+# with --dev also the Go and Rust toolchain pieces that check the generated stubs offline.
+packages=(libosmesa6)
+if [ "$extras" = dev ]; then
+  packages+=(golang-go golang-google-protobuf-dev golang-google-grpc-dev protoc-gen-go-grpc protobuf-compiler
+             librust-prost-dev librust-prost-build-dev librust-prost-types-dev)
+fi
+missing=()
+for package in "${packages[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get install -y -qq libosmesa6 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libosmesa6; }
+    apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; }
   else
-    echo "note: install Mesa's OSMesa (Debian/Ubuntu: sudo apt-get install libosmesa6) for CPU rendering" >&2
+    echo "note: install these system packages (Debian/Ubuntu): ${missing[*]}" >&2
   fi
 fi
 echo "threegen installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

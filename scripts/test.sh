@@ -18,5 +18,15 @@ bash scripts/buf.sh
 echo "== Dockerfiles and Kubernetes manifests"
 bash scripts/deploy_check.sh
 
+echo "== Go stubs (generated, current, compiling)"
+if command -v go >/dev/null && command -v protoc-gen-go-grpc >/dev/null; then
+  bash scripts/gen_stubs.sh --check
+  bash scripts/go_check.sh >/dev/null && echo "gen/go and examples/go build"
+elif [ -n "${THREEGEN_REQUIRE_BUF:-}" ]; then
+  echo "Go toolchain missing" >&2; exit 1
+else
+  echo "Go toolchain missing: skipped" >&2
+fi
+
 echo "== tests"
 python -m pytest "$@"
