@@ -71,9 +71,15 @@ def sniff_format(data: bytes, name: str = "") -> str:
 
 def _points_from_ply(cloud: object, data: bytes) -> Points:
     raw = cloud.metadata.get("_ply_raw", {}).get("vertex", {}).get("data")  # type: ignore[attr-defined]
-    if raw is None or raw.dtype.names is None:
+    if isinstance(raw, dict):  # ASCII PLYs come as columns
+        raw = {name: np.asarray(column).reshape(-1) for name, column in raw.items()}
+        names = set(raw)
+    elif raw is not None and raw.dtype.names is not None:
+        names = set(raw.dtype.names)
+    else:
         raise InvalidArgument([("geometry", "the PLY has no vertex element")])
-    names = set(raw.dtype.names)
+    if not {"x", "y", "z"} <= names:
+        raise InvalidArgument([("geometry", "the PLY's vertices have no x, y, z")])
     positions = np.stack([raw["x"], raw["y"], raw["z"]], axis=1).astype(np.float32)
     if names >= SPLAT_FIELDS:
         dc = np.stack([raw["f_dc_0"], raw["f_dc_1"], raw["f_dc_2"]], axis=1).astype(np.float32)

@@ -107,11 +107,12 @@ def validate_options(
             f"must be an even number between 64 and 2048, got {preview.resolution}",
         )
         v.in_range(preview.elevation_deg, -89.0, 89.0, f"{prefix}.preview.elevation_deg")
-        v.check(
-            preview.frames <= max_frames,
-            f"{prefix}.preview",
-            f"seconds x fps gives {preview.frames} frames; the limit is {max_frames}",
-        )
+        if not any(f.startswith(f"{prefix}.preview.") for f, _ in v.items):  # frames only of valid numbers
+            v.check(
+                preview.frames <= max_frames,
+                f"{prefix}.preview",
+                f"seconds x fps gives {preview.frames} frames; the limit is {max_frames}",
+            )
     if options.HasField("thumbnail"):
         t = options.thumbnail
         plan.thumbnail = ThumbnailParams(

@@ -7,11 +7,12 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-from threegen.errors import Internal, ResourceExhausted, ServiceError, Unauthenticated
+from threegen.errors import Internal, InvalidArgument, ResourceExhausted, ServiceError, Unauthenticated
 from threegen.logs import REQUEST_ID, REQUEST_ID_HEADER, new_request_id
 from threegen.runtime import metrics
 
@@ -28,6 +29,49 @@ def _as_service_error(exc: BaseException) -> ServiceError:
     if type(exc).__name__ in ("OutOfMemoryError", "OutOfResources"):
         return ResourceExhausted(f"accelerator out of memory: {str(exc).splitlines()[0][:200]}")
     return Internal(f"internal error (request id {REQUEST_ID.get()}); the details are in the server log")
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """Stands in for a request whose bytes did not parse, so it becomes INVALID_ARGUMENT
+    (grpc would otherwise answer INTERNAL "Exception deserializing request")."""
+
+    message_type: str
+    error: str
+
+    def raise_error(self) -> None:
+        raise InvalidArgument([("request", f"not a valid {self.message_type}: {self.error}")])
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    message_type = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    name = message_type.full_name if message_type is not None else "message"
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return Malformed(name, str(exc) or type(exc).__name__)
+
+    return parse
+
+
+def _checked(request: Any, streaming: bool) -> Any:
+    """The request, or for client streams an iterator that raises at a malformed message."""
+    if not streaming:
+        if isinstance(request, Malformed):
+            request.raise_error()
+        return request
+
+    async def messages() -> AsyncIterator[Any]:
+        async for message in request:
+            if isinstance(message, Malformed):
+                message.raise_error()
+            yield message
+
+    return messages()
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
@@ -67,27 +111,28 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(_QUIET_PREFIXES):
             return handler
+        parse = _tolerant(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(handler.unary_unary, method, streaming=False),
+                request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_stream(handler.unary_stream, method, streaming=False),
+                request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(handler.stream_unary, method, streaming=True),
+                request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream(handler.stream_stream, method),
-            request_deserializer=handler.request_deserializer,
+            self._wrap_stream(handler.stream_stream, method, streaming=True),
+            request_deserializer=parse,
             response_serializer=handler.response_serializer,
         )
 
@@ -118,7 +163,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         REQUEST_ID.reset(token)
 
     def _wrap_unary(
-        self, behavior: Callable[..., Awaitable[Any]], method: str
+        self, behavior: Callable[..., Awaitable[Any]], method: str, streaming: bool
     ) -> Callable[..., Awaitable[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             token = self._begin(context)
@@ -126,7 +171,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.OK
             try:
                 self._check_key(context)
-                return await behavior(request, context)
+                return await behavior(_checked(request, streaming), context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -142,7 +187,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap_stream(
-        self, behavior: Callable[..., AsyncIterator[Any]], method: str
+        self, behavior: Callable[..., AsyncIterator[Any]], method: str, streaming: bool
     ) -> Callable[..., AsyncIterator[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             token = self._begin(context)
@@ -151,7 +196,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             try:
                 self._check_key(context)
                 await context.send_initial_metadata(((REQUEST_ID_HEADER, REQUEST_ID.get()),))
-                async for response in behavior(request, context):
+                async for response in behavior(_checked(request, streaming), context):
                     yield response
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
