@@ -83,7 +83,7 @@ def main() -> None:
     from services.recon.families.base import ReconInput
     from services.recon.families.triposr.engine import TripoSRParams
     from services.recon.families.triposr.family import TripoSRFamily
-    from services.recon.families.triposr.isosurface import marching_cubes_cpu, marching_cubes_torch
+    from services.recon.isosurface import marching_cubes_cpu, marching_cubes_torch
     from services.recon.settings import ReconSettings
 
     dtype = torch.float16 if args.device.startswith("cuda") else torch.float32

@@ -8,7 +8,7 @@ import torch
 import trimesh
 from scipy.ndimage import gaussian_filter
 
-from services.recon.families.triposr.isosurface import (
+from services.recon.isosurface import (
     CORNERS,
     EDGE_AXIS,
     EDGE_OFFSET,

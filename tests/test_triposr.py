@@ -13,7 +13,7 @@ from PIL import Image
 
 from services.recon.families.triposr.config import ConfigInvalid, load_config
 from services.recon.families.triposr.engine import TripoSREngine, TripoSRParams
-from services.recon.families.triposr.isosurface import EmptySurface
+from services.recon.isosurface import EmptySurface
 from services.recon.families.triposr.loader import CheckpointMismatch, load
 from services.recon.families.triposr.preprocess import prepare
 from threegen.errors import Cancelled
@@ -134,6 +134,6 @@ def test_engine_makes_an_outward_coloured_mesh_and_stops_when_cancelled(tiny) ->
         engine.reconstruct(image, TripoSRParams(mc_resolution=128), reporter)
     assert len(seen) == 3
 
-    with pytest.raises(EmptySurface, match="never crosses the threshold 0;") as caught:
+    with pytest.raises(EmptySurface, match="never crosses the level 0;") as caught:
         engine.reconstruct(image, TripoSRParams(mc_resolution=32, density_threshold=0.0), Reporter())
     assert caught.value.violations[0][0] == "options.triposr.density_threshold"

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from services.recon.families.triposr.isosurface import marching_cubes
+from services.recon.isosurface import marching_cubes
 from services.recon.families.triposr.loader import LoadedTripoSR
 from services.recon.families.triposr.preprocess import prepare
 from threegen.runtime.work import Reporter

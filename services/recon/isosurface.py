@@ -98,26 +98,34 @@ def triangle_table() -> tuple[np.ndarray, np.ndarray]:
     return table, counts
 
 
+DEFAULT_FIELD = "options.triposr.density_threshold"
+
+
 class EmptySurface(InvalidArgument):
-    """No part of the density field crosses the threshold: there is no object to mesh."""
+    """No part of the field crosses the level: there is no object to mesh."""
 
-    def __init__(self, description: str):
-        super().__init__([("options.triposr.density_threshold", description)])
+    def __init__(self, description: str, field: str = DEFAULT_FIELD):
+        super().__init__([(field, description)])
 
 
-def _check_crossing(lo: float, hi: float, level: float) -> None:
+def _check_crossing(lo: float, hi: float, level: float, field: str) -> None:
     if not (lo < level < hi):
         raise EmptySurface(
-            f"empty surface: the density ranges {lo:.3g}..{hi:.3g} and never crosses the threshold "
-            f"{level:g}; choose a threshold inside that range or an image with a clear object"
+            f"empty surface: the field ranges {lo:.3g}..{hi:.3g} and never crosses the level "
+            f"{level:g}; choose a level inside that range or an image with a clear object",
+            field,
         )
 
 
 @torch.inference_mode()
-def marching_cubes_torch(volume: torch.Tensor, level: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """volume[i,j,k] (i=x, j=y, k=z), high inside -> vertices (V,3) in index units, faces (F,3)."""
+def marching_cubes_torch(
+    volume: torch.Tensor, level: float, field: str = DEFAULT_FIELD
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """volume[i,j,k] (i=x, j=y, k=z), high inside -> vertices (V,3) in index units, faces (F,3).
+
+    `field` names the request field an empty surface is blamed on."""
     volume = volume.float()
-    _check_crossing(float(volume.min()), float(volume.max()), level)
+    _check_crossing(float(volume.min()), float(volume.max()), level, field)
     device = volume.device
     nx, ny, nz = volume.shape
     inside = volume > level
@@ -146,20 +154,24 @@ def marching_cubes_torch(volume: torch.Tensor, level: float) -> tuple[torch.Tens
     return vertices, inverse.view(-1, 3)
 
 
-def marching_cubes_cpu(volume: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+def marching_cubes_cpu(
+    volume: np.ndarray, level: float, field: str = DEFAULT_FIELD
+) -> tuple[np.ndarray, np.ndarray]:
     """scikit-image marching cubes, same conventions as marching_cubes_torch."""
     from skimage import measure
 
-    _check_crossing(float(volume.min()), float(volume.max()), level)
+    _check_crossing(float(volume.min()), float(volume.max()), level, field)
     vertices, faces, _, _ = measure.marching_cubes(volume, level=level, gradient_direction="descent")
     # skimage winds faces so that normals point towards increasing values (inside, where the
     # density is high); flip them so normals point out of the object.
     return vertices.astype(np.float32), np.ascontiguousarray(faces[:, ::-1]).astype(np.int64)
 
 
-def marching_cubes(volume: torch.Tensor, level: float) -> tuple[np.ndarray, np.ndarray]:
+def marching_cubes(
+    volume: torch.Tensor, level: float, field: str = DEFAULT_FIELD
+) -> tuple[np.ndarray, np.ndarray]:
     """Dispatch: torch on CUDA (the grid stays on the GPU), scikit-image on the CPU."""
     if volume.is_cuda:
-        vertices, faces = marching_cubes_torch(volume, level)
+        vertices, faces = marching_cubes_torch(volume, level, field)
         return vertices.cpu().numpy(), faces.cpu().numpy()
-    return marching_cubes_cpu(volume.numpy(), level)
+    return marching_cubes_cpu(volume.float().numpy(), level, field)
