@@ -16,6 +16,8 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 
 "${pip[@]}" "torch==${TORCH_VERSION:-2.13.0}"
 "${pip[@]}" -e ".[${extras}]"
+# Hunyuan3D-2's package, without the web-app dependencies its metadata declares (pyproject.toml).
+"${pip[@]}" --no-deps "hy3dgen==2.0.2"
 # pyrender pins PyOpenGL 3.1.0, whose OSMesa binding lacks OSMesaCreateContextAttribs; 3.1.10
 # renders offscreen with OSMesa and EGL. A single resolver run refuses both pins, hence a
 # second step (pip prints a conflict notice, which is expected).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,6 +25,18 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     configured = os.environ.get("THREEGEN_TEST_TINY_DIR")
     return ensure_tiny_weights(Path(configured) if configured else tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_families(tiny: dict[str, Path]) -> dict[str, Path]:
+    """The tiny checkpoints of the recon families beyond TripoSR, beside the stack's ones."""
+    from threegen.tiny import ensure_tiny_weights
+
+    names = [name for name in ("hunyuan3d",) if importlib.util.find_spec(FAMILY_PACKAGES[name])]
+    return {**tiny, **ensure_tiny_weights(tiny["triposr"].parent, tuple(names))}
+
+
+FAMILY_PACKAGES = {"hunyuan3d": "hy3dgen"}
 
 
 def imagegen_service(tiny: dict[str, Path], **overrides):

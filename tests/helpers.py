@@ -7,8 +7,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from threegen.chunks import Artifact, iter_chunks
-from threegen.recon.v1 import recon_pb2
+from threegen.chunks import Artifact, ArtifactCollector, iter_chunks
+from threegen.recon.v1 import recon_pb2, recon_pb2_grpc
 
 
 def png_bytes(size: int = 64, seed: int = 0, mode: str = "RGB") -> bytes:
@@ -24,7 +24,11 @@ def png_bytes(size: int = 64, seed: int = 0, mode: str = "RGB") -> bytes:
 
 
 def recon_requests(
-    image: bytes | None, options: recon_pb2.ReconOptions | None = None, seed: int = 1, **params
+    image: bytes | None,
+    options: recon_pb2.ReconOptions | None = None,
+    seed: int = 1,
+    mask: bytes | None = None,
+    **params,
 ):
     yield recon_pb2.ReconstructRequest(
         params=recon_pb2.ReconstructParams(seed=seed, options=options or recon_pb2.ReconOptions(), **params)
@@ -32,7 +36,34 @@ def recon_requests(
     if image is not None:
         for chunk in iter_chunks(Artifact("input.png", image)):
             yield recon_pb2.ReconstructRequest(image=chunk)
+    if mask is not None:
+        for chunk in iter_chunks(Artifact("mask.png", mask)):
+            yield recon_pb2.ReconstructRequest(mask=chunk)
 
 
 def triposr(mc_resolution: int) -> recon_pb2.ReconOptions:
     return recon_pb2.ReconOptions(triposr=recon_pb2.TripoSROptions(mc_resolution=mc_resolution))
+
+
+def reconstruct(server, image: bytes | None, options: recon_pb2.ReconOptions, timeout: float = 120, **params):
+    collector, result, progress = ArtifactCollector(), None, []
+    with server.channel() as channel:
+        for response in recon_pb2_grpc.ReconServiceStub(channel).Reconstruct(
+            recon_requests(image, options, **params), timeout=timeout
+        ):
+            kind = response.WhichOneof("event")
+            if kind == "chunk":
+                collector.add(response.chunk)
+            elif kind == "progress":
+                progress.append(response.progress)
+            else:
+                result = response.result
+    return collector.finished, result, progress
+
+
+def steps(progress) -> list[str]:
+    seen: list[str] = []
+    for event in progress:
+        if event.step not in seen:
+            seen.append(event.step)
+    return seen

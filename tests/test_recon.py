@@ -9,39 +9,14 @@ import pytest
 import trimesh
 
 from tests.conftest import recon_service
-from tests.helpers import png_bytes, recon_requests
+from tests.helpers import png_bytes, reconstruct, steps
 from tests.servers import serving
-from threegen.chunks import ArtifactCollector
 from threegen.common.v1 import common_pb2
-from threegen.recon.v1 import recon_pb2, recon_pb2_grpc
-
-
-def reconstruct(server, image: bytes, options: recon_pb2.ReconOptions):
-    collector, result, progress = ArtifactCollector(), None, []
-    with server.channel() as channel:
-        for response in recon_pb2_grpc.ReconServiceStub(channel).Reconstruct(
-            recon_requests(image, options), timeout=120
-        ):
-            kind = response.WhichOneof("event")
-            if kind == "chunk":
-                collector.add(response.chunk)
-            elif kind == "progress":
-                progress.append(response.progress)
-            else:
-                result = response.result
-    return collector.finished, result, progress
+from threegen.recon.v1 import recon_pb2
 
 
 def options(**kwargs) -> recon_pb2.ReconOptions:
     return recon_pb2.ReconOptions(triposr=recon_pb2.TripoSROptions(mc_resolution=48), **kwargs)
-
-
-def steps(progress) -> list[str]:
-    seen: list[str] = []
-    for event in progress:
-        if event.step not in seen:
-            seen.append(event.step)
-    return seen
 
 
 def test_opaque_image_is_cut_out_then_every_phase_reported(stack) -> None:

@@ -13,9 +13,9 @@ from PIL import Image
 
 from services.recon.families.triposr.config import ConfigInvalid, load_config
 from services.recon.families.triposr.engine import TripoSREngine, TripoSRParams
-from services.recon.isosurface import EmptySurface
 from services.recon.families.triposr.loader import CheckpointMismatch, load
 from services.recon.families.triposr.preprocess import prepare
+from services.recon.isosurface import EmptySurface
 from threegen.errors import Cancelled
 from threegen.images import resize_foreground
 from threegen.runtime.work import Reporter

@@ -31,21 +31,33 @@ def _writers() -> dict[str, object]:
     )
     from services.recon.families.triposr.tiny import write_tiny_triposr
 
+    def hunyuan3d(folder: Path) -> Path:
+        from services.recon.families.hunyuan3d.tiny import write_tiny_hunyuan3d
+
+        return write_tiny_hunyuan3d(folder)
+
     return {
         "sd-turbo": write_tiny_sd_turbo,
         "sdxl-turbo": write_tiny_sdxl_turbo,
         "clip": write_tiny_clip,
         "rembg": write_tiny_rembg,
         "triposr": write_tiny_triposr,
+        "hunyuan3d": hunyuan3d,
     }
 
 
-def ensure_tiny_weights(root: Path | None = None) -> dict[str, Path]:
-    """Write any missing tiny checkpoint under root (atomically); return name -> folder."""
+# What the default stack (imagegen + TripoSR) needs; the other families' folders on request.
+STACK = ("sd-turbo", "sdxl-turbo", "clip", "rembg", "triposr")
+
+
+def ensure_tiny_weights(root: Path | None = None, names: tuple[str, ...] = STACK) -> dict[str, Path]:
+    """Write any missing tiny checkpoint of `names` under root (atomically); return name -> folder."""
     root = root or default_root()
     root.mkdir(parents=True, exist_ok=True)
     folders = {}
-    for name, writer in _writers().items():
+    writers = _writers()
+    for name in names:
+        writer = writers[name]
         folder = root / name
         marker = folder / ".threegen-tiny"
         if not (marker.exists() and marker.read_text() == VERSION):

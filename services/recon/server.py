@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import secrets
 from collections.abc import AsyncIterator
 
@@ -23,6 +24,7 @@ from threegen.runtime.work import Done, Reporter
 from threegen.uploads import read_upload
 from threegen.weights import pick_device
 
+log = logging.getLogger("threegen.recon")
 MAX_PROMPT_CHARS = 1000
 SERVICE_NAME = recon_pb2.DESCRIPTOR.services_by_name["ReconService"].full_name
 
@@ -190,8 +192,10 @@ def build(settings: ReconSettings | None = None) -> Service:
                 failures.append(f"{family.name}: {family.error}")
             else:
                 family.state = common_pb2.MODEL_STATE_READY
-        if failures:
+        if failures and len(failures) == len(families):
             raise RuntimeError("; ".join(failures))
+        for failure in failures:  # the other families serve; requests for this one get UNAVAILABLE
+            log.error("recon family failed to load: %s", failure)
 
     return Service(
         name="recon",

@@ -23,6 +23,26 @@ class ReconSettings(ServerSettings):
     triposr_chunk_points: int = setting(
         0, "Points per density-query batch (memory vs speed); 0: 2M on a GPU, 256k on a CPU."
     )
+    hunyuan3d_model: str = setting(
+        "tencent/Hunyuan3D-2", "Hunyuan3D-2 shape weights: a local copy of the repository, or an HF repo id."
+    )
+    hunyuan3d_subfolder: str = setting(
+        "hunyuan3d-dit-v2-0",
+        "Shape model folder in it (hunyuan3d-dit-v2-0, -fast, -turbo; v2-mini in 2mini).",
+    )
+    hunyuan3d_paint_model: str = setting(
+        "tencent/Hunyuan3D-2",
+        "Texture weights (delight + paint folders); empty: no texture in this deployment.",
+    )
+    hunyuan3d_memory_profile: int = setting(
+        3, "Default memory profile 1-5 and what rests on the GPU between requests (1: all, 5: least)."
+    )
+    hunyuan3d_max_faces: int = setting(40000, "Faces kept before texturing (upstream's face reducer).")
+    hunyuan3d_texture_size: int = setting(2048, "Baked texture size in pixels.")
+    hunyuan3d_render_size: int = setting(2048, "Size of the views baked into the texture.")
+    hunyuan3d_view_size: int = setting(512, "Size of the delighted image and painted views (multiple of 8).")
+    hunyuan3d_delight_steps: int = setting(50, "Steps of the delighting model.")
+    hunyuan3d_paint_steps: int = setting(30, "Steps of the multiview paint model.")
     rembg_model: str = setting(
         "u2net", "Background removal for RGB inputs: a rembg model name, or a u2net-format .onnx file."
     )
@@ -41,3 +61,10 @@ class ReconSettings(ServerSettings):
             "triposr_chunk_points",
             "must be 0 (auto) or at least 1024",
         )
+        self.require(1 <= self.hunyuan3d_memory_profile <= 5, "hunyuan3d_memory_profile", "must be 1..5")
+        self.require(self.hunyuan3d_max_faces >= 100, "hunyuan3d_max_faces", "must be at least 100")
+        for name in ("hunyuan3d_texture_size", "hunyuan3d_render_size", "hunyuan3d_view_size"):
+            value = getattr(self, name)
+            self.require(64 <= value <= 8192 and value % 8 == 0, name, "must be a multiple of 8 in 64..8192")
+        for name in ("hunyuan3d_delight_steps", "hunyuan3d_paint_steps"):
+            self.require(1 <= getattr(self, name) <= 200, name, "must be 1..200")

@@ -8,6 +8,7 @@ from threegen.common.v1 import common_pb2
 
 REGISTRY = {
     "triposr": ("services.recon.families.triposr.family", "TripoSRFamily", common_pb2.FAMILY_TRIPOSR),
+    "hunyuan3d": ("services.recon.families.hunyuan3d.family", "Hunyuan3DFamily", common_pb2.FAMILY_HUNYUAN3D),
 }
 
 NAME_BY_ENUM = {enum: name for name, (_, _, enum) in REGISTRY.items()}

@@ -68,8 +68,8 @@ class CenterCrop:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        top = int(round((height - self.size[0]) / 2.0))
-        left = int(round((width - self.size[1]) / 2.0))
+        top = round((height - self.size[0]) / 2.0)
+        left = round((width - self.size[1]) / 2.0)
         return x[..., top : top + self.size[0], left : left + self.size[1]]
 
 
@@ -83,14 +83,23 @@ class Normalize:
         return (x - mean) / std
 
 
-def _install_transforms() -> None:
-    # transformers caches whether torchvision exists; ask it first so it keeps using its own
-    # PIL-based image processors instead of importing parts of torchvision we do not supply.
+def _import_with_transforms(modules: tuple[str, ...]) -> None:
+    """Import `modules` while a stand-in torchvision exists, then withdraw it.
+
+    The stand-in is visible only during those imports (hy3dgen's conditioner keeps its
+    reference), so no other library later believes torchvision is installed. transformers and
+    diffusers cache whether it is, so they are imported first and keep using their own paths.
+    """
+    import importlib.machinery
+
+    import diffusers.utils.import_utils  # noqa: F401
     from transformers.utils import is_torchvision_available
 
     is_torchvision_available()
     package = types.ModuleType("torchvision")
+    package.__spec__ = importlib.machinery.ModuleSpec("torchvision", None)
     transforms = types.ModuleType("torchvision.transforms")
+    transforms.__spec__ = importlib.machinery.ModuleSpec("torchvision.transforms", None)
     for name, value in {
         "Compose": Compose,
         "Resize": Resize,
@@ -102,20 +111,19 @@ def _install_transforms() -> None:
     package.transforms = transforms  # type: ignore[attr-defined]
     sys.modules["torchvision"] = package
     sys.modules["torchvision.transforms"] = transforms
-    log.info("torchvision is not importable here; using threegen's transforms for hy3dgen")
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    finally:
+        del sys.modules["torchvision"], sys.modules["torchvision.transforms"]
+    log.info("torchvision is not importable here; hy3dgen uses threegen's transforms")
 
 
 def ensure_importable() -> None:
-    """Idempotent; call before importing anything from hy3dgen."""
+    """Import hy3dgen's shape and texture packages (idempotent); call before using hy3dgen."""
     global _ready, RASTERIZER
     if _ready:
         return
-    try:
-        importlib.import_module("torchvision.transforms")
-    except Exception:  # ImportError, or a CUDA-only build failing to load its operators
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        _install_transforms()
     try:
         importlib.import_module("custom_rasterizer")
     except ImportError:
@@ -123,4 +131,14 @@ def ensure_importable() -> None:
 
         sys.modules["custom_rasterizer"] = rasterizer
         RASTERIZER = "threegen torch rasterizer"
+    hy3dgen = ("hy3dgen.shapegen", "hy3dgen.texgen")
+    try:
+        importlib.import_module("torchvision.transforms")
+    except Exception:  # ImportError, or a CUDA-only build failing to load its operators
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        _import_with_transforms(hy3dgen)
+    else:
+        for module in hy3dgen:
+            importlib.import_module(module)
     _ready = True

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from services.recon.isosurface import marching_cubes
 from services.recon.families.triposr.loader import LoadedTripoSR
 from services.recon.families.triposr.preprocess import prepare
+from services.recon.isosurface import marching_cubes
 from threegen.runtime.work import Reporter
 
 # TripoSR's frame is +z up; glTF (and every viewer) is +y up. This maps (x, y, z) to
