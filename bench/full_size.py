@@ -298,3 +298,88 @@ def write_clip(folder: Path, device: str = "cuda") -> Path:
     model.save_pretrained(str(folder))
     (folder / "preprocessor_config.json").write_text(json.dumps(CLIP_PREPROCESSOR, indent=2))
     return folder
+
+
+# Hunyuan3D-2. Shape: the published v2-0 config (services/recon/families/hunyuan3d/published.py).
+# Texture: the published folders' UNet configs were not available here; the multiview painter
+# is hy3dgen's UNet2p5DConditionModel around an SD-2.x UNet (the wrapper hard-codes SD-2's
+# 1024-wide text tokens and 1280-wide time embedding) and the delighter an InstructPix2Pix
+# SD-1.5 UNet (8 input channels), the sizes those families have.
+IP2P_UNET = dict(
+    SD_TURBO_UNET, in_channels=8, cross_attention_dim=768, attention_head_dim=8, use_linear_projection=False
+)
+
+
+def write_hunyuan3d(root: Path, device: str = "cuda") -> Path:
+    import json
+
+    from safetensors.torch import save_file
+
+    from services.imagegen.tiny import write_clip_tokenizer
+    from services.recon.families.hunyuan3d.compat import ensure_importable
+    from services.recon.families.hunyuan3d.published import V2_0_SHAPE_CONFIG
+    from services.recon.families.hunyuan3d.tiny import _scheduler
+
+    ensure_importable()
+    import yaml
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from hy3dgen.shapegen.pipelines import instantiate_from_config
+    from hy3dgen.texgen.hunyuanpaint.unet.modules import UNet2p5DConditionModel
+    from transformers import CLIPTextModel
+
+    shape = root / "hunyuan3d-dit-v2-0"
+    shape.mkdir(parents=True, exist_ok=True)
+    (shape / "config.yaml").write_text(yaml.safe_dump(V2_0_SHAPE_CONFIG, sort_keys=False))
+    tensors = {}
+    with torch.device(device):
+        for part in ("model", "vae", "conditioner"):
+            module = instantiate_from_config(V2_0_SHAPE_CONFIG[part]).half()
+            for key, value in module.state_dict().items():
+                tensors[f"{part}.{key}"] = value.contiguous()
+            del module
+    save_file(tensors, str(shape / "model.fp16.safetensors"))
+    del tensors
+
+    for name, unet_config, text in (
+        ("hunyuan3d-delight-v2-0", IP2P_UNET, CLIP_L_TEXT),
+        ("hunyuan3d-paint-v2-0", SD_TURBO_UNET, OPENCLIP_H_TEXT),
+    ):
+        folder = root / name
+        write_clip_tokenizer(folder / "tokenizer", pad_token="!")
+        with torch.device(device):
+            _text(CLIPTextModel, text).half().save_pretrained(folder / "text_encoder")
+            AutoencoderKL(**VAE, scaling_factor=0.18215).half().save_pretrained(folder / "vae")
+            unet = UNet2DConditionModel(**unet_config)
+        if name.startswith("hunyuan3d-delight"):
+            unet.half().save_pretrained(folder / "unet")
+            _scheduler(folder, "EulerAncestralDiscreteScheduler")
+            index = {
+                "_class_name": "StableDiffusionInstructPix2PixPipeline",
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"],
+            }
+        else:
+            (folder / "unet").mkdir(parents=True, exist_ok=True)
+            (folder / "unet" / "config.json").write_text(json.dumps(dict(unet.config), default=list))
+            with torch.device(device):
+                wrapped = UNet2p5DConditionModel(unet).half()
+            torch.save(wrapped.state_dict(), folder / "unet" / "diffusion_pytorch_model.bin")
+            del wrapped
+            _scheduler(folder, "DDIMScheduler")
+            index = {
+                "_class_name": "HunyuanPaintPipeline",
+                "unet": ["modules", "UNet2p5DConditionModel"],
+                "scheduler": ["diffusers", "DDIMScheduler"],
+            }
+        common = {
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "vae": ["diffusers", "AutoencoderKL"],
+            "safety_checker": [None, None],
+            "feature_extractor": [None, None],
+            "requires_safety_checker": False,
+        }
+        (folder / "model_index.json").write_text(json.dumps({**common, **index}, indent=2))
+        del unet
+        torch.cuda.empty_cache()
+    return root

@@ -1,8 +1,11 @@
 # Source this on a lent GPU machine (no network): `. bench/gpu_env.sh`
-# Installs the wheels carried in .whl/ (what the machine's image lacks) into /tmp/site and
+# Installs the wheels carried in .whl/ and .whl3d/ (what the machine's image lacks) into /tmp/site and
 # unpacks the GL loader libraries carried in .gl/ so pyrender can use EGL on the NVIDIA driver.
 # Prepare both folders on a networked machine as bench/README.md says.
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+# Carried wheel folders: .whl/ (services, rendering) and/or .whl3d/ (recon families); a name in both
+# is installed once.
+wheels=$(ls -1 .whl/*.whl .whl3d/*.whl 2>/dev/null | awk -F/ '!seen[$NF]++')
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels \
   || return 1
 export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 for deb in .gl/*.deb; do dpkg -x "$deb" /; done

@@ -338,6 +338,10 @@ class GeneratePipeline:
             raise InvalidArgument([("recon_options", "recon returned no geometry")])
         run.geometry = collector.finished[result.artifacts[0].name]
         run.geometry_kind = result.stats.kind
+        for extra in result.artifacts[1:]:  # e.g. TRELLIS's splats beside its mesh: straight to the client
+            for chunk in iter_chunks(collector.finished[extra.name]):
+                yield gateway_pb2.GenerateResponse(chunk=chunk)
+            run.artifacts.append(extra)
         run.stats = result.stats
         run.family = result.family
         run.timings.extend(result.timings)

@@ -32,11 +32,11 @@ def tiny_families(tiny: dict[str, Path]) -> dict[str, Path]:
     """The tiny checkpoints of the recon families beyond TripoSR, beside the stack's ones."""
     from threegen.tiny import ensure_tiny_weights
 
-    names = [name for name in ("hunyuan3d",) if importlib.util.find_spec(FAMILY_PACKAGES[name])]
+    names = [name for name, package in FAMILY_PACKAGES.items() if importlib.util.find_spec(package)]
     return {**tiny, **ensure_tiny_weights(tiny["triposr"].parent, tuple(names))}
 
 
-FAMILY_PACKAGES = {"hunyuan3d": "hy3dgen"}
+FAMILY_PACKAGES = {"hunyuan3d": "hy3dgen", "trellis": "xatlas"}  # family -> a package it needs
 
 
 def imagegen_service(tiny: dict[str, Path], **overrides):

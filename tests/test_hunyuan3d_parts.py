@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from services.recon.families.hunyuan3d import profiles, rasterizer
+from services.recon import rasterizer
+from services.recon.families.hunyuan3d import profiles
 from services.recon.families.placement import Component, Mode
 
 

@@ -36,6 +36,11 @@ def _writers() -> dict[str, object]:
 
         return write_tiny_hunyuan3d(folder)
 
+    def trellis(folder: Path) -> Path:
+        from services.recon.families.trellis.tiny import write_tiny_trellis
+
+        return write_tiny_trellis(folder)
+
     return {
         "sd-turbo": write_tiny_sd_turbo,
         "sdxl-turbo": write_tiny_sdxl_turbo,
@@ -43,6 +48,7 @@ def _writers() -> dict[str, object]:
         "rembg": write_tiny_rembg,
         "triposr": write_tiny_triposr,
         "hunyuan3d": hunyuan3d,
+        "trellis": trellis,
     }
 
 

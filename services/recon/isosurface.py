@@ -118,12 +118,12 @@ def _check_crossing(lo: float, hi: float, level: float, field: str) -> None:
 
 
 @torch.inference_mode()
-def marching_cubes_torch(
-    volume: torch.Tensor, level: float, field: str = DEFAULT_FIELD
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """volume[i,j,k] (i=x, j=y, k=z), high inside -> vertices (V,3) in index units, faces (F,3).
+def marching_cubes_edges(volume: torch.Tensor, level: float, field: str = DEFAULT_FIELD):
+    """Marching cubes that reports each vertex as a point on a grid edge.
 
-    `field` names the request field an empty surface is blamed on."""
+    volume[i,j,k] (i=x, j=y, k=z), high inside. Returns (start (V,3) long grid index of the
+    edge's lower end, axis (V,) long, t (V,) float position along the edge, faces (F,3)), so
+    callers can interpolate their own per-grid-point attributes onto the surface."""
     volume = volume.float()
     _check_crossing(float(volume.min()), float(volume.max()), level, field)
     device = volume.device
@@ -145,13 +145,22 @@ def marching_cubes_torch(
     axis_u = unique % 3
     cell = unique // 3
     p0 = torch.stack([cell // (ny * nz), (cell // nz) % ny, cell % nz], dim=1)
-    step = torch.nn.functional.one_hot(axis_u, 3)
-    p1 = p0 + step
+    p1 = p0 + torch.nn.functional.one_hot(axis_u, 3)
     v0 = volume[p0[:, 0], p0[:, 1], p0[:, 2]]
     v1 = volume[p1[:, 0], p1[:, 1], p1[:, 2]]
     t = ((level - v0) / (v1 - v0)).clamp_(0.0, 1.0)
-    vertices = p0.float() + t[:, None] * step.float()
-    return vertices, inverse.view(-1, 3)
+    return p0, axis_u, t, inverse.view(-1, 3)
+
+
+def marching_cubes_torch(
+    volume: torch.Tensor, level: float, field: str = DEFAULT_FIELD
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """volume[i,j,k] (i=x, j=y, k=z), high inside -> vertices (V,3) in index units, faces (F,3).
+
+    `field` names the request field an empty surface is blamed on."""
+    start, axis, t, faces = marching_cubes_edges(volume, level, field)
+    step = torch.nn.functional.one_hot(axis, 3).float()
+    return start.float() + t[:, None] * step, faces
 
 
 def marching_cubes_cpu(

@@ -23,6 +23,19 @@ class ReconSettings(ServerSettings):
     triposr_chunk_points: int = setting(
         0, "Points per density-query batch (memory vs speed); 0: 2M on a GPU, 256k on a CPU."
     )
+    trellis_model: str = setting(
+        "microsoft/TRELLIS-image-large",
+        "TRELLIS image model: a folder with pipeline.json + ckpts/, or an HF repo id.",
+    )
+    trellis_text_model: str = setting(
+        "microsoft/TRELLIS-text-xlarge",
+        "TRELLIS text model (same layout); empty: this deployment takes images only.",
+    )
+    trellis_dinov2: str = setting(
+        "",
+        "DINOv2 weights for TRELLIS (dinov2_vitl14_reg4_pretrain.pth or its folder); empty: torch.hub cache.",
+    )
+    trellis_clip: str = setting("", "CLIP text model for TRELLIS text; empty: the one pipeline.json names.")
     hunyuan3d_model: str = setting(
         "tencent/Hunyuan3D-2", "Hunyuan3D-2 shape weights: a local copy of the repository, or an HF repo id."
     )

@@ -8,6 +8,7 @@ from threegen.common.v1 import common_pb2
 
 REGISTRY = {
     "triposr": ("services.recon.families.triposr.family", "TripoSRFamily", common_pb2.FAMILY_TRIPOSR),
+    "trellis": ("services.recon.families.trellis.family", "TrellisFamily", common_pb2.FAMILY_TRELLIS),
     "hunyuan3d": ("services.recon.families.hunyuan3d.family", "Hunyuan3DFamily", common_pb2.FAMILY_HUNYUAN3D),
 }
 

@@ -105,6 +105,7 @@ class TrellisOptions(_message.Message):
     SPARSE_STRUCTURE_GUIDANCE_FIELD_NUMBER: _builtins.int
     SLAT_STEPS_FIELD_NUMBER: _builtins.int
     SLAT_GUIDANCE_FIELD_NUMBER: _builtins.int
+    WITH_GAUSSIANS_FIELD_NUMBER: _builtins.int
     simplify: _builtins.float
     """Fraction of faces removed when simplifying; absent means 0.95. Range 0..1."""
     texture_size: _builtins.int
@@ -117,6 +118,8 @@ class TrellisOptions(_message.Message):
     """Structured-latent sampler steps; 0 means 12. Range 1..100."""
     slat_guidance: _builtins.float
     """Structured-latent guidance; 0 means 3.0. Range 0..20."""
+    with_gaussians: _builtins.bool
+    """With a mesh output, also return the Gaussian splats as gaussians.ply."""
     def __init__(
         self,
         *,
@@ -126,10 +129,11 @@ class TrellisOptions(_message.Message):
         sparse_structure_guidance: _builtins.float = ...,
         slat_steps: _builtins.int = ...,
         slat_guidance: _builtins.float = ...,
+        with_gaussians: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_simplify", b"_simplify", "simplify", b"simplify"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_simplify", b"_simplify", "simplify", b"simplify", "slat_guidance", b"slat_guidance", "slat_steps", b"slat_steps", "sparse_structure_guidance", b"sparse_structure_guidance", "sparse_structure_steps", b"sparse_structure_steps", "texture_size", b"texture_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_simplify", b"_simplify", "simplify", b"simplify", "slat_guidance", b"slat_guidance", "slat_steps", b"slat_steps", "sparse_structure_guidance", b"sparse_structure_guidance", "sparse_structure_steps", b"sparse_structure_steps", "texture_size", b"texture_size", "with_gaussians", b"with_gaussians"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__simplify: _TypeAlias = _typing.Literal["simplify"]  # noqa: Y015
     _WhichOneofArgType__simplify: _TypeAlias = _typing.Literal["_simplify", b"_simplify"]  # noqa: Y015

@@ -127,7 +127,7 @@ def ensure_importable() -> None:
     try:
         importlib.import_module("custom_rasterizer")
     except ImportError:
-        from services.recon.families.hunyuan3d import rasterizer
+        from services.recon import rasterizer
 
         sys.modules["custom_rasterizer"] = rasterizer
         RASTERIZER = "threegen torch rasterizer"
