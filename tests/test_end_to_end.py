@@ -50,7 +50,8 @@ def small_request(seed: int = 7, **kwargs) -> gateway_pb2.GenerateRequest:
 
 
 def test_text_to_glb_and_mp4(stack) -> None:
-    progress, files, result = run_generate(stack.gateway.address, small_request())
+    # A seed no other test uses: the gateway serves a repeated seeded request from its result cache.
+    progress, files, result = run_generate(stack.gateway.address, small_request(seed=70071))
 
     assert set(files) == {"image.png", "mesh.glb", "mesh.ply", "preview.mp4"}
     mesh = trimesh.load(io.BytesIO(files["mesh.glb"].data), file_type="glb", force="mesh")
@@ -66,7 +67,7 @@ def test_text_to_glb_and_mp4(stack) -> None:
     assert len(frames) == 10  # 1 s x 10 fps
     assert (frames[0].width, frames[0].height) == (96, 96)
 
-    assert result.seed == 7
+    assert result.seed == 70071 and not result.cached
     assert result.stats.face_count == len(mesh.faces)
     assert result.family == common_pb2.FAMILY_TRIPOSR
     assert {a.name for a in result.artifacts} == set(files)
@@ -74,7 +75,7 @@ def test_text_to_glb_and_mp4(stack) -> None:
     assert result.request_id
     stages_timed = {t.stage for t in result.timings}
     assert {common_pb2.STAGE_IMAGE, common_pb2.STAGE_RECONSTRUCT, common_pb2.STAGE_RENDER} <= stages_timed
-    assert result.views[0].seed == 7
+    assert result.views[0].seed == 70071
 
     by_stage = defaultdict(list)
     for event in progress:
@@ -92,8 +93,12 @@ def test_text_to_glb_and_mp4(stack) -> None:
 
 
 def test_same_seed_same_geometry(stack) -> None:
-    _, first, _ = run_generate(stack.gateway.address, small_request())
-    _, second, _ = run_generate(stack.gateway.address, small_request())
+    # The preview rate differs, so the second is computed again rather than served from the cache.
+    again = small_request(seed=70072)
+    again.outputs.preview.fps = 12
+    _, first, first_result = run_generate(stack.gateway.address, small_request(seed=70072))
+    _, second, second_result = run_generate(stack.gateway.address, again)
+    assert not first_result.cached and not second_result.cached
     assert first["image.png"].sha256 == second["image.png"].sha256
     assert first["mesh.glb"].sha256 == second["mesh.glb"].sha256
 

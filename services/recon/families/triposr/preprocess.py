@@ -20,7 +20,7 @@ def prepare(
     image: Image.Image, size: int, foreground_ratio: float, device: str | torch.device = "cpu"
 ) -> torch.Tensor:
     """-> (1,3,size,size) float tensor in [0,1] on `device`."""
-    rgba = torch.from_numpy(np.asarray(image.convert("RGBA"))).to(device)  # (H,W,4) uint8
+    rgba = torch.from_numpy(np.array(image.convert("RGBA"))).to(device)  # (H,W,4) uint8
     alpha = rgba[..., 3]
     if bool((alpha < 255).any()):
         rows = alpha.any(dim=1).nonzero()
