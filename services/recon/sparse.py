@@ -157,7 +157,10 @@ class SparseGroupNorm32(nn.GroupNorm):
         out = torch.empty_like(x.feats)
         for rows in x.layout():
             part = x.feats[rows].float().t().unsqueeze(0)  # (1, C, n)
-            out[rows] = super().forward(part).squeeze(0).t().to(x.dtype)
+            weight = self.weight.float() if self.weight is not None else None
+            bias = self.bias.float() if self.bias is not None else None
+            normed = F.group_norm(part, self.num_groups, weight, bias, self.eps)
+            out[rows] = normed.squeeze(0).t().to(x.dtype)
         return x.replace(out)
 
 

@@ -130,7 +130,7 @@ class Stager:
         self.modes = modes
         try:
             for name, mode in modes.items():
-                if mode == Mode.RESIDENT:
+                if mode == Mode.RESIDENT and name in self.components:
                     self.components[name].bring()
             yield
         finally:

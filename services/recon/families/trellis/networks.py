@@ -25,8 +25,12 @@ from services.recon import sparse as sp
 
 
 class LayerNorm32(nn.LayerNorm):
+    """Layer norm computed in fp32 whatever the model's dtype."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type(x.dtype)
 
 
 class ChannelLayerNorm32(LayerNorm32):
