@@ -383,3 +383,65 @@ def write_hunyuan3d(root: Path, device: str = "cuda") -> Path:
         del unet
         torch.cuda.empty_cache()
     return root
+
+
+# TRELLIS: the published architectures (services/recon/families/trellis/published.py) with
+# upstream-like random initialisation (xavier linears; small, not zero, modulation and output
+# layers, so the flows and decoders produce something), written as pipeline.json + ckpts/.
+def _trellis_init(model: torch.nn.Module) -> None:
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            if name.endswith(("adaLN_modulation.1", "out_layer")):
+                torch.nn.init.normal_(module.weight, std=0.01)
+            else:
+                torch.nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+
+
+def write_trellis(root: Path, device: str = "cuda", text_size: str = "xlarge") -> dict[str, Path]:
+    import json
+
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel
+
+    from services.imagegen.tiny import write_clip_tokenizer
+    from services.recon import dinov2
+    from services.recon.families.trellis.networks import CLASSES
+    from services.recon.families.trellis.published import image_large, text
+
+    def write(folder: Path, pipeline: dict, models: dict, only: tuple[str, ...]) -> None:
+        (folder / "ckpts").mkdir(parents=True, exist_ok=True)
+        for key, (stem, cls, args) in models.items():
+            if key not in only:
+                continue
+            with torch.device(device):
+                model = CLASSES[cls](**args)
+            _trellis_init(model)
+            state = {k: v.half().contiguous() for k, v in model.state_dict().items()}
+            save_file(state, str(folder / "ckpts" / f"{stem}.safetensors"))
+            (folder / "ckpts" / f"{stem}.json").write_text(json.dumps({"name": cls, "args": args}))
+            del model, state
+        (folder / "pipeline.json").write_text(json.dumps(pipeline, indent=1))
+
+    folders = {"image": root / "TRELLIS-image-large", "dinov2": root / "dinov2"}
+    pipeline, models = image_large()
+    write(folders["image"], pipeline, models, tuple(models))
+    with torch.device(device):
+        vit = dinov2.DinoVisionTransformer()
+    folders["dinov2"].mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.cpu() for k, v in vit.state_dict().items()}, folders["dinov2"] / dinov2.CHECKPOINT)
+    del vit
+    if text_size:
+        folders["text"] = root / f"TRELLIS-text-{text_size}"
+        folders["clip"] = root / "clip-vit-large-patch14"
+        pipeline, models = text(text_size)
+        # The text repositories name the image repository's decoders; here by relative path.
+        for key in ("sparse_structure_decoder", "slat_decoder_mesh", "slat_decoder_gs"):
+            pipeline["args"]["models"][key] = f"../TRELLIS-image-large/ckpts/{models[key][0]}"
+        pipeline["args"]["text_cond_model"] = "../clip-vit-large-patch14"
+        write(folders["text"], pipeline, models, ("sparse_structure_flow_model", "slat_flow_model"))
+        write_clip_tokenizer(folders["clip"], pad_token="<|endoftext|>")  # byte-level: ids fit any vocab
+        _text(CLIPTextModel, CLIP_L_TEXT).save_pretrained(folders["clip"])
+    torch.cuda.empty_cache()
+    return folders
