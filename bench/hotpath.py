@@ -160,6 +160,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--fps", type=int, default=16)
     parser.add_argument("--tiny", action="store_true", help="tiny checkpoints (CPU smoke run)")
+    parser.add_argument("--weights", default="", help="checkpoint folder (default: OUT/weights)")
     parser.add_argument("--skip-in-process", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
@@ -167,7 +168,7 @@ def main() -> None:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    weights = out / "weights"
+    weights = Path(args.weights) if args.weights else out / "weights"
     if args.tiny:
         from threegen.tiny import ensure_tiny_weights
 

@@ -57,6 +57,26 @@ def main() -> None:
     renderer = Renderer()
     stage = Stage(mesh, (1.0, 1.0, 1.0), 20.0)
     report: dict = {"platform": platform, "faces": len(mesh.faces), "date": time.strftime("%Y-%m-%d")}
+    from services.render.geometry import load_geometry
+
+    report["load_glb"] = summary(timed(lambda: load_geometry(glb, "mesh.glb"), 10, warmup=1))
+    report["scene_setup"] = summary(timed(lambda: Stage(mesh, (1.0, 1.0, 1.0), 20.0), 5, warmup=1))
+    # pyrender's own read-back (colour and depth) against ours (colour only), same frames.
+    import pyrender
+
+    stock = pyrender.OffscreenRenderer(512, 512)
+    stock_stage = Stage(mesh, (1.0, 1.0, 1.0), 20.0)  # a pyrender mesh binds to one GL context
+    angles = iter(np.linspace(0, 2 * np.pi, 1000))
+
+    def stock_frame() -> None:
+        stock_stage.turn(next(angles))
+        stock.render(stock_stage.scene)
+
+    report["frame_512_stock_readback"] = summary(timed(stock_frame, 40, warmup=5))
+    stage.turn(1.0)
+    stock_stage.turn(1.0)
+    ours = renderer.draw(stage, 512)
+    report["readback_identical"] = bool(np.array_equal(ours, stock.render(stock_stage.scene)[0][..., :3]))
     for size in (512, 1024):
         angles = iter(np.linspace(0, 2 * np.pi, 1000))
 
@@ -67,7 +87,7 @@ def main() -> None:
         report[f"frame_{size}"] = summary(timed(frame, 40, warmup=5))
     frames = [renderer.draw(stage, 512) for _ in range(48)]
 
-    def encode() -> None:
+    def encode(options: dict[str, str]) -> int:
         import av
 
         path = out / "encode.mp4"
@@ -75,19 +95,33 @@ def main() -> None:
             stream = container.add_stream("libx264", rate=16)
             stream.width = stream.height = 512
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": "23", "preset": "veryfast"}
+            stream.options = {"crf": "23", **options}
             for image in frames:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
+        return path.stat().st_size
 
-    report["encode_48x512"] = summary(timed(encode, 5, warmup=1))
+    variants = {
+        "veryfast": {"preset": "veryfast"},
+        "veryfast_zerolatency": {"preset": "veryfast", "tune": "zerolatency"},
+        "ultrafast": {"preset": "ultrafast"},
+    }
+    for label, options in variants.items():
+        report[f"encode_48x512_{label}"] = summary(timed(lambda o=options: encode(o), 5, warmup=1))
+        report[f"encode_48x512_{label}_bytes"] = encode(options)
+    report["encode_48x512"] = report["encode_48x512_veryfast"]
     engine = RenderEngine()
     job = RenderJob(glb, RenderPlan(preview=PreviewParams(seconds=3.0, fps=16, resolution=512)), "mesh.glb")
-    report["turntable_in_process"] = summary(
-        timed(lambda: engine.run(job, Reporter()), args.repeat, warmup=2)
-    )
+    steps: dict[str, list[float]] = {}
+
+    def turntable() -> None:
+        for step, seconds in engine.run(job, Reporter()).timings:
+            steps.setdefault(step, []).append(seconds * 1e3)
+
+    report["turntable_in_process"] = summary(timed(turntable, args.repeat, warmup=2))
+    report["turntable_steps_p50_ms"] = {step: float(np.median(v)) for step, v in steps.items()}
 
     def requests():
         options = render_pb2.RenderOptions(
@@ -110,15 +144,20 @@ def main() -> None:
 
         report["turntable_grpc"] = summary(timed(remote, args.repeat, warmup=2))
     rows = [
+        ["load GLB", report["load_glb"]["p50_ms"]],
+        ["scene set-up", report["scene_setup"]["p50_ms"]],
+        ["frame 512, pyrender's read-back (colour + depth)", report["frame_512_stock_readback"]["p50_ms"]],
         ["frame 512", report["frame_512"]["p50_ms"]],
         ["frame 1024", report["frame_1024"]["p50_ms"]],
-        ["encode 48 frames 512 (x264 veryfast)", report["encode_48x512"]["p50_ms"]],
+        *[[f"encode 48 frames 512 (x264 {k})", report[f"encode_48x512_{k}"]["p50_ms"]] for k in variants],
         ["turntable 3 s 16 fps 512, in-process", report["turntable_in_process"]["p50_ms"]],
         ["turntable 3 s 16 fps 512, gRPC", report["turntable_grpc"]["p50_ms"]],
     ]
     print()
     print(f"platform {platform}, {report['faces']} faces, {report['date']}")
     print(table(rows, ["render", "p50 ms"]))
+    print("turntable steps (p50 ms):", report["turntable_steps_p50_ms"])
+    print("colour-only read-back identical to pyrender's:", report["readback_identical"])
     (out / "render.json").write_text(json.dumps(report, indent=2))
 
 

@@ -68,6 +68,7 @@ class Prepared:
     image: bytes = b""
     mask: bytes = b""
     via_imagegen: bool = True
+    seconds: float = 0.0  # spent checking: our fields, inputs, the backends' validate_only calls
 
 
 @dataclass
@@ -154,6 +155,7 @@ class GeneratePipeline:
     async def check(self, request: gateway_pb2.GenerateRequest) -> Prepared:
         """Check our own fields and fetch the inputs, then the backends' (validate_only), all
         before any work; every problem is reported at once."""
+        started = time.perf_counter()
         v = Violations()
         v.check(
             len(request.prompt) <= MAX_PROMPT_CHARS,
@@ -190,6 +192,7 @@ class GeneratePipeline:
             elif isinstance(result, BaseException):
                 raise result
         v.raise_if_any()
+        prepared.seconds = time.perf_counter() - started
         return prepared
 
     async def _drain(self, call: object, backend: str, rename: Callable[[str], str]) -> None:
@@ -242,6 +245,9 @@ class GeneratePipeline:
             timeout=timeout,
         )
         run.image = prepared.image
+        run.timings.append(
+            common_pb2.Timing(stage=common_pb2.STAGE_QUEUED, step="check", seconds=prepared.seconds)
+        )
         if prepared.via_imagegen:
             async for response in self._image(run):
                 yield response
@@ -259,6 +265,16 @@ class GeneratePipeline:
                 views=run.views,
                 family=run.family,
                 request_id=REQUEST_ID.get(),
+            )
+        )
+
+    @staticmethod
+    def _overhead(run: Run, stage: int, started: float, backend_timings: object) -> None:
+        """What a backend call cost beyond the work it reports: transfer, plumbing, queueing."""
+        worked = sum(t.seconds for t in backend_timings)  # type: ignore[attr-defined]
+        run.timings.append(
+            common_pb2.Timing(
+                stage=stage, step="rpc_overhead", seconds=max(0.0, time.perf_counter() - started - worked)
             )
         )
 
@@ -287,6 +303,7 @@ class GeneratePipeline:
         request = imagegen_pb2.GenerateRequest(
             prompt=run.request.prompt, seed=run.seed, options=run.request.image_options
         )
+        started = time.perf_counter()
         call = self.backends.imagegen.Generate(request, timeout=run.timeout(), metadata=call_metadata())
         collector = ArtifactCollector("imagegen.chunk")
         result = None
@@ -304,7 +321,8 @@ class GeneratePipeline:
         run.image = best.data
         run.views.extend(result.views)
         run.timings.extend(result.timings)
-        image = Artifact("image.png", best.data)
+        self._overhead(run, common_pb2.STAGE_IMAGE, started, result.timings)
+        image = Artifact("image.png", best.data, sha256=best.sha256)
         for chunk in iter_chunks(image):
             yield gateway_pb2.GenerateResponse(chunk=chunk)
         run.artifacts.append(image.info())
@@ -323,6 +341,7 @@ class GeneratePipeline:
                 for chunk in iter_chunks(Artifact("mask.png", run.prepared.mask)):
                     yield recon_pb2.ReconstructRequest(mask=chunk)
 
+        started = time.perf_counter()
         call = self.backends.recon.Reconstruct(requests(), timeout=run.timeout(), metadata=call_metadata())
         collector = ArtifactCollector("recon.chunk")
         result = None
@@ -345,6 +364,7 @@ class GeneratePipeline:
         run.stats = result.stats
         run.family = result.family
         run.timings.extend(result.timings)
+        self._overhead(run, common_pb2.STAGE_RECONSTRUCT, started, result.timings)
 
     async def _render(self, run: Run) -> AsyncIterator[gateway_pb2.GenerateResponse]:
         assert run.geometry is not None
@@ -356,6 +376,7 @@ class GeneratePipeline:
             for chunk in iter_chunks(geometry):
                 yield render_pb2.RenderRequest(geometry=chunk)
 
+        started = time.perf_counter()
         call = self.backends.render.Render(requests(), timeout=run.timeout(), metadata=call_metadata())
         collector = ArtifactCollector("render.chunk")
         async for response in self._stream(call, "render", RENAME_RENDER):
@@ -370,5 +391,6 @@ class GeneratePipeline:
                     run.artifacts.append(finished.info())
             else:
                 run.timings.extend(response.result.timings)
+                self._overhead(run, common_pb2.STAGE_RENDER, started, response.result.timings)
                 if response.result.HasField("stats"):
                     run.stats = response.result.stats

@@ -76,6 +76,13 @@ def test_text_to_glb_and_mp4(stack) -> None:
     stages_timed = {t.stage for t in result.timings}
     assert {common_pb2.STAGE_IMAGE, common_pb2.STAGE_RECONSTRUCT, common_pb2.STAGE_RENDER} <= stages_timed
     assert result.views[0].seed == 70071
+    # The gateway adds what each hop cost beyond the backend's own reported work, and its checks.
+    overhead = {t.stage for t in result.timings if t.step == "rpc_overhead"}
+    assert overhead == {common_pb2.STAGE_IMAGE, common_pb2.STAGE_RECONSTRUCT, common_pb2.STAGE_RENDER}
+    assert any(t.stage == common_pb2.STAGE_QUEUED and t.step == "check" for t in result.timings)
+    worked = sum(t.seconds for t in result.timings if t.stage != common_pb2.STAGE_QUEUED)
+    assert worked <= result.total_seconds + 1e-3  # the parts never add up to more than the whole
+    assert {"preview_scene", "preview_frames", "preview_encode"} <= {t.step for t in result.timings}
 
     by_stage = defaultdict(list)
     for event in progress:

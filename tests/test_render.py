@@ -79,3 +79,24 @@ def test_exports_round_trip(stack) -> None:
             mesh = trimesh.load(io.BytesIO(files[name].data), file_type=file_type, force="mesh")
             assert len(mesh.faces) == 12
             assert np.allclose(mesh.bounds, box.bounds, atol=1e-5)
+
+
+def test_an_unchanged_mesh_comes_back_as_the_bytes_sent(stack) -> None:
+    glb = export_mesh(red_box(), "glb")
+    exports = render_pb2.RenderOptions(exports=[render_pb2.MESH_FORMAT_GLB, render_pb2.MESH_FORMAT_PLY])
+    files, _, _ = render(stack.render, glb, exports)
+    assert files["mesh.glb"].data == glb  # no re-export on the hot path
+    assert files["mesh.ply"].data.startswith(b"ply")
+    exports.simplify.target_faces = 8  # a changed mesh is exported afresh
+    files, _, _ = render(stack.render, glb, exports)
+    assert files["mesh.glb"].data != glb
+    assert len(trimesh.load(io.BytesIO(files["mesh.glb"].data), file_type="glb", force="mesh").faces) <= 8
+
+
+def test_a_placed_glb_node_keeps_its_transform(stack) -> None:
+    scene = trimesh.Scene()
+    scene.add_geometry(red_box(), transform=trimesh.transformations.translation_matrix([5.0, 0.0, 0.0]))
+    options = render_pb2.RenderOptions(exports=[render_pb2.MESH_FORMAT_STL])
+    files, _, _ = render(stack.render, scene.export(file_type="glb"), options)
+    mesh = trimesh.load(io.BytesIO(files["mesh.stl"].data), file_type="stl")
+    assert np.allclose(mesh.bounds.mean(axis=0), [5.0, 0.0, 0.0], atol=1e-5)

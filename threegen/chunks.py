@@ -42,14 +42,13 @@ class Artifact:
     name: str
     data: bytes
     media_type: str = ""
+    sha256: str = ""  # hex digest; computed here when not given (a checked reassembly knows it)
 
     def __post_init__(self) -> None:
         if not self.media_type:
             object.__setattr__(self, "media_type", media_type_for(self.name))
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+        if not self.sha256:
+            object.__setattr__(self, "sha256", hashlib.sha256(self.data).hexdigest())
 
     def info(self) -> common_pb2.ArtifactInfo:
         return common_pb2.ArtifactInfo(
@@ -61,7 +60,7 @@ def iter_chunks(artifact: Artifact, chunk_bytes: int = CHUNK_BYTES) -> Iterator[
     """Split a file into chunks; an empty file is one empty last chunk."""
     data = memoryview(artifact.data)
     total = len(data)
-    digest = hashlib.sha256(data).hexdigest()
+    digest = artifact.sha256
     offset = 0
     while True:
         end = min(offset + chunk_bytes, total)
@@ -137,7 +136,7 @@ class FileAssembler:
             if self.total_size is None:
                 raise InvalidArgument([(self.field, "no chunks were sent")])
             raise self._fail("last", f"stream ended after {self._received} of {self.total_size} bytes")
-        return Artifact(self.name, b"".join(self._parts), self.media_type)
+        return Artifact(self.name, b"".join(self._parts), self.media_type, self._hash.hexdigest())
 
 
 class ArtifactCollector:

@@ -112,11 +112,10 @@ class ImageGenerator:
         queued = time.perf_counter()
         reporter.progress("queued", 0.0, "waiting for the GPU")
         ticket = self.batcher.submit(params, reporter.span(0.0, 0.85), params.num_views, params.batch_key())
-        images, diffusion_seconds, launch_cpu_seconds = ticket.result
+        images, diffusion_seconds, _ = ticket.result
         timings = [
             ("wait", time.perf_counter() - queued - diffusion_seconds),
             ("diffusion", diffusion_seconds),
-            ("diffusion_cpu", launch_cpu_seconds),  # CPU time of the GPU thread: Python + launches
         ]
         scores = [0.0] * len(images)
         if len(images) > 1:

@@ -11,12 +11,14 @@ import math
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from services.render.geometry import Points, load_geometry
+from services.render.geometry import Points, load_geometry, sniff_format
+from services.render.gl import read_color_only
 from services.render.meshes import limit_textures, obj_package, simplify, surface_from_points
 from services.render.params import ContactSheetParams, PreviewParams, RenderPlan, ThumbnailParams
 from threegen.chunks import Artifact
@@ -137,6 +139,7 @@ class Renderer:
         renderer = getattr(self._local, "renderer", None)
         if renderer is None:
             renderer = pyrender.OffscreenRenderer(size, size)
+            read_color_only(renderer)
             self._local.renderer = renderer
         renderer.viewport_width = size
         renderer.viewport_height = size
@@ -174,18 +177,35 @@ class Renderer:
         return encode_png(sheet)
 
     def turntable(
-        self, geometry: object, params: PreviewParams, crf: int, reporter: Reporter
+        self,
+        geometry: object,
+        params: PreviewParams,
+        crf: int,
+        reporter: Reporter,
+        lap: Callable[[str], None] = lambda step: None,
     ) -> tuple[bytes, int]:
-        """Render one full turn and encode it as H.264 in an MP4 that browsers play."""
+        """Render one full turn and encode it as H.264 in an MP4 that browsers play.
+        `lap(step)` marks the end of each part: scene set-up, drawing, the encoder's tail."""
         view = self.view(geometry, params.background, params.elevation_deg)
+        lap("preview_scene")
         # faststart (index first, so browsers play while downloading) rewrites the file at
         # the end, which needs a real file rather than a memory buffer.
         with tempfile.TemporaryDirectory(prefix="threegen-mp4-") as scratch:
             path = Path(scratch) / "preview.mp4"
-            self._encode(view, params, crf, reporter, path)
-            return path.read_bytes(), params.frames
+            self._encode(view, params, crf, reporter, path, lap)
+            video = path.read_bytes()
+        lap("preview_encode")
+        return video, params.frames
 
-    def _encode(self, view: object, params: PreviewParams, crf: int, reporter: Reporter, path: Path) -> None:
+    def _encode(
+        self,
+        view: object,
+        params: PreviewParams,
+        crf: int,
+        reporter: Reporter,
+        path: Path,
+        lap: Callable[[str], None],
+    ) -> None:
         """Draw frames here while another thread encodes them (libav releases the GIL), so the
         H.264 encode overlaps the drawing instead of following each frame."""
         import queue
@@ -224,6 +244,7 @@ class Renderer:
                 pending.put(view.draw(params.resolution))  # type: ignore[attr-defined]
                 if (index + 1) % report_every == 0 or index + 1 == frames:
                     reporter.progress("frames", (index + 1) / frames, f"frame {index + 1}/{frames}")
+            lap("preview_frames")
         finally:
             pending.put(None)
             encoder.join()
@@ -246,10 +267,14 @@ def point_exports(points: Points, formats: list[str]) -> list[Artifact]:
     return artifacts
 
 
-def mesh_exports(mesh: object, formats: list[str]) -> list[Artifact]:
+def mesh_exports(mesh: object, formats: list[str], source: tuple[str, bytes] | None = None) -> list[Artifact]:
+    """`source` (format, bytes): the file the mesh was read from, when nothing changed it since;
+    a request for that same format gets those bytes back rather than a fresh export."""
     artifacts = []
     for file_type in formats:
-        if file_type == "obj":
+        if source is not None and file_type == source[0] and file_type != "obj":
+            artifacts.append(Artifact(f"mesh.{file_type}", source[1]))
+        elif file_type == "obj":
             artifacts.append(Artifact("mesh_obj.zip", obj_package(mesh)))
         else:
             artifacts.append(Artifact(f"mesh.{file_type}", export_mesh(mesh, file_type)))
@@ -271,7 +296,7 @@ class RenderEngine:
             timings.append((step, now - clock))
             clock = now
 
-        geometry = load_geometry(job.data, job.name, job.kind)
+        geometry = loaded = load_geometry(job.data, job.name, job.kind)
         reporter.progress("load", 0.05)
         lap("load")
         artifacts: list[Artifact] = []
@@ -300,8 +325,12 @@ class RenderEngine:
                 geometry = simplify(geometry, plan.simplify)
                 reporter.progress("simplify", 0.12, f"{before} -> {len(geometry.faces)} faces")  # type: ignore[attr-defined]
                 lap("simplify")
+            unchanged = geometry is loaded and not (
+                plan.texture_size_limit and geometry.visual.kind == "texture"  # type: ignore[attr-defined]
+            )
+            source = (sniff_format(job.data, job.name), job.data) if unchanged else None
             geometry = limit_textures(geometry, plan.texture_size_limit)
-            artifacts += mesh_exports(geometry, plan.exports)
+            artifacts += mesh_exports(geometry, plan.exports, source)
         if plan.exports:
             reporter.progress("export", 0.15)
             lap("export")
@@ -316,10 +345,9 @@ class RenderEngine:
         frame_count = 0
         if plan.preview is not None:
             video, frame_count = self.renderer.turntable(
-                geometry, plan.preview, job.crf, reporter.span(0.3, 1.0)
+                geometry, plan.preview, job.crf, reporter.span(0.3, 1.0), lap
             )
             artifacts.append(Artifact("preview.mp4", video))
-            lap("turntable")
         reporter.progress("done", 1.0)
         stats = geometry.stats() if isinstance(geometry, Points) else mesh_stats(geometry)
         return RenderOutput(artifacts, stats, timings, frame_count)

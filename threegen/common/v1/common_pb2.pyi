@@ -283,7 +283,9 @@ Global___ArtifactInfo: _TypeAlias = ArtifactInfo  # noqa: Y015
 
 @_typing.final
 class Timing(_message.Message):
-    """Wall-clock time spent in one named step."""
+    """Wall-clock time spent in one named step. Steps do not overlap, so they add up; the gateway's
+    "rpc_overhead" step per stage is the call's wall time less the backend's own steps.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -546,7 +546,8 @@ func (x *ArtifactInfo) GetSha256() string {
 	return ""
 }
 
-// Wall-clock time spent in one named step.
+// Wall-clock time spent in one named step. Steps do not overlap, so they add up; the gateway's
+// "rpc_overhead" step per stage is the call's wall time less the backend's own steps.
 type Timing struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache
