@@ -100,3 +100,12 @@ def test_a_placed_glb_node_keeps_its_transform(stack) -> None:
     files, _, _ = render(stack.render, scene.export(file_type="glb"), options)
     mesh = trimesh.load(io.BytesIO(files["mesh.stl"].data), file_type="stl")
     assert np.allclose(mesh.bounds.mean(axis=0), [5.0, 0.0, 0.0], atol=1e-5)
+
+
+def test_fast_normals_point_outward_like_trimesh_s() -> None:
+    from services.render.engine import area_weighted_normals
+
+    sphere = trimesh.creation.icosphere(subdivisions=4)
+    normals = area_weighted_normals(sphere.vertices, sphere.faces)
+    assert np.allclose(np.linalg.norm(normals, axis=1), 1.0)
+    assert (np.einsum("ij,ij->i", normals, sphere.vertex_normals) > 0.999).all()

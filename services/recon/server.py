@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -58,7 +59,8 @@ class ReconServicer(recon_pb2_grpc.ReconServiceServicer):
             return None
         return self.families[name]
 
-    async def _validate(self, upload) -> tuple[Family, ReconInput]:
+    async def _validate(self, upload) -> tuple[Family, ReconInput, float]:
+        """-> the family, its input, and seconds spent decoding the images."""
         params: recon_pb2.ReconstructParams = upload.params
         dry_run = params.validate_only
         options = params.options
@@ -96,14 +98,15 @@ class ReconServicer(recon_pb2_grpc.ReconServiceServicer):
             v.add("mask", f"family {family.name} takes no mask")
         v.raise_if_any()
         limit = self.settings.max_image_pixels
+        started = time.perf_counter()
         image = await asyncio.to_thread(decode_image, image_file.data, "image", limit) if image_file else None
         mask = await asyncio.to_thread(decode_image, mask_file.data, "mask", limit) if mask_file else None
+        decoded = time.perf_counter() - started
         seed = params.seed if params.HasField("seed") else secrets.randbelow(2**32)
         explicit = options.HasField("remove_background")
         remove_bg = options.remove_background if explicit else True
-        return family, ReconInput(
-            image, mask, params.prompt, seed, output, remove_bg, engine_params, explicit
-        )
+        job = ReconInput(image, mask, params.prompt, seed, output, remove_bg, engine_params, explicit)
+        return family, job, decoded
 
     def _work(self, family: Family, job: ReconInput, reporter: Reporter) -> ReconOutput:
         """Cut the object out of an opaque image first (when asked), then run the family."""
@@ -128,7 +131,7 @@ class ReconServicer(recon_pb2_grpc.ReconServiceServicer):
             files={"image": limit, "mask": limit},
             idle_seconds=self.settings.upload_idle_seconds,
         )
-        family, job = await self._validate(upload)
+        family, job, decoded = await self._validate(upload)
         if upload.params.validate_only:
             yield recon_pb2.ReconstructResponse(
                 result=recon_pb2.ReconstructResult(seed=job.seed, family=family.family, model=family.name)
@@ -154,7 +157,7 @@ class ReconServicer(recon_pb2_grpc.ReconServiceServicer):
                 seed=job.seed,
                 timings=[
                     common_pb2.Timing(stage=common_pb2.STAGE_RECONSTRUCT, step=s, seconds=t)
-                    for s, t in output.timings
+                    for s, t in [("decode_input", decoded), *output.timings]
                 ],
                 family=family.family,
                 model=family.name,

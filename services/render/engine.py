@@ -7,6 +7,7 @@ thread keeps its own offscreen renderer.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import tempfile
 import threading
@@ -68,6 +69,23 @@ def rotation_y(angle: float) -> np.ndarray:
     return m
 
 
+def area_weighted_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Unit vertex normals: the sum of the adjacent faces' cross products (so weighted by area).
+
+    trimesh's default (angle-weighted) took 100-400 ms on a 300k-face marching-cubes mesh,
+    most of a turntable's set-up; this is about 10 ms and looks the same on smooth surfaces.
+    """
+    vertices = np.asarray(vertices, dtype=np.float64)
+    faces = np.asarray(faces)
+    corners = vertices[faces]
+    cross = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    index = faces.reshape(-1)
+    columns = [np.bincount(index, np.repeat(cross[:, axis], 3), len(vertices)) for axis in range(3)]
+    summed = np.stack(columns, axis=1)
+    length = np.linalg.norm(summed, axis=1, keepdims=True)
+    return summed / np.where(length > 0, length, 1.0)
+
+
 def shading_mesh(mesh: object) -> object:
     """The mesh with vertices split where faces meet at a sharp angle (keeps colours).
 
@@ -75,6 +93,8 @@ def shading_mesh(mesh: object) -> object:
     are smooth anyway, so they are shaded as they are.
     """
     if len(mesh.faces) > SHARP_EDGE_FACE_LIMIT:  # type: ignore[attr-defined]
+        if "vertex_normals" not in mesh._cache:  # type: ignore[attr-defined]
+            mesh.vertex_normals = area_weighted_normals(mesh.vertices, mesh.faces)  # type: ignore[attr-defined]
         return mesh
     try:
         return mesh.smooth_shaded  # type: ignore[attr-defined]
@@ -224,7 +244,9 @@ class Renderer:
                     stream = container.add_stream("libx264", rate=params.fps)
                     stream.width = stream.height = params.resolution
                     stream.pix_fmt = "yuv420p"
-                    stream.options = {"crf": str(crf), "preset": "veryfast"}
+                    # zerolatency: no lookahead or frame threads holding frames back, so each
+                    # frame is encoded while the next is drawn and nothing is left at the end.
+                    stream.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency"}
                     while (image := pending.get()) is not None:
                         for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                             container.mux(packet)
@@ -284,6 +306,7 @@ def mesh_exports(mesh: object, formats: list[str], source: tuple[str, bytes] | N
 class RenderEngine:
     def __init__(self) -> None:
         self.renderer = Renderer()
+        self._stats_pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="render-stats")
 
     def run(self, job: RenderJob, reporter: Reporter) -> RenderOutput:
         plan = job.plan
@@ -299,6 +322,10 @@ class RenderEngine:
         geometry = loaded = load_geometry(job.data, job.name, job.kind)
         reporter.progress("load", 0.05)
         lap("load")
+        # The watertight check sorts every edge (~20 ms at 300k faces): done beside the frames.
+        pending_stats = self._stats_pool.submit(
+            lambda: loaded.stats() if isinstance(loaded, Points) else mesh_stats(loaded)
+        )
         artifacts: list[Artifact] = []
         if isinstance(geometry, Points):
             if plan.surface_depth:
@@ -348,6 +375,10 @@ class RenderEngine:
                 geometry, plan.preview, job.crf, reporter.span(0.3, 1.0), lap
             )
             artifacts.append(Artifact("preview.mp4", video))
+        if geometry is loaded:
+            stats = pending_stats.result()
+        else:  # simplified or surfaced: the stats describe what was exported and drawn
+            stats = geometry.stats() if isinstance(geometry, Points) else mesh_stats(geometry)
+        lap("stats")
         reporter.progress("done", 1.0)
-        stats = geometry.stats() if isinstance(geometry, Points) else mesh_stats(geometry)
         return RenderOutput(artifacts, stats, timings, frame_count)

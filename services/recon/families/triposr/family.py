@@ -56,7 +56,7 @@ class TripoSRFamily(Family):
         mesh = trimesh.Trimesh(
             mesh_out.vertices, mesh_out.faces, vertex_colors=mesh_out.colors, process=False
         )
-        glb = export_mesh(mesh, "glb")
-        timings = [*mesh_out.timings, ("export", time.perf_counter() - started)]
+        artifact = Artifact("mesh.glb", export_mesh(mesh, "glb"))  # with its digest
         stats = stats_from_arrays(mesh_out.vertices, mesh_out.faces, watertight=mesh_out.closed)
-        return ReconOutput([Artifact("mesh.glb", glb)], stats, timings)
+        timings = [*mesh_out.timings, ("export", time.perf_counter() - started)]
+        return ReconOutput([artifact], stats, timings)
