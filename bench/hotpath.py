@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--fps", type=int, default=16)
     parser.add_argument("--tiny", action="store_true", help="tiny checkpoints (CPU smoke run)")
     parser.add_argument("--weights", default="", help="checkpoint folder (default: OUT/weights)")
+    parser.add_argument("--png-level", type=int, default=1, help="imagegen's PNG zlib level (0 = stored)")
     parser.add_argument("--skip-in-process", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
@@ -194,6 +195,7 @@ def main() -> None:
             "THREEGEN_IMAGEGEN_PRELOAD": "sd-turbo",
             "THREEGEN_IMAGEGEN_DEFAULT_MODEL": "sd-turbo",
             "THREEGEN_IMAGEGEN_BATCH_WINDOW_MS": "0",
+            "THREEGEN_IMAGEGEN_PNG_LEVEL": str(args.png_level),
         },
         "recon": {
             "THREEGEN_RECON_PORT": str(PORTS["recon"]),
@@ -211,7 +213,12 @@ def main() -> None:
     }
     modules = {"imagegen": "services.imagegen", "recon": "services.recon", "render": "services.render",
                "gateway": "gateway"}  # fmt: skip
-    report: dict = {"gpu": gpu_name(), "date": time.strftime("%Y-%m-%d"), "requests": args.requests}
+    report: dict = {
+        "gpu": gpu_name(),
+        "date": time.strftime("%Y-%m-%d"),
+        "requests": args.requests,
+        "png_level": args.png_level,
+    }
     report.update(size=args.size, mc_resolution=args.mc, preview=[args.seconds, args.fps])
     from threegen.gateway.v1 import gateway_pb2_grpc
 

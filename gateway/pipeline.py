@@ -366,10 +366,34 @@ class GeneratePipeline:
         run.timings.extend(result.timings)
         self._overhead(run, common_pb2.STAGE_RECONSTRUCT, started, result.timings)
 
+    @staticmethod
+    def _direct_export(run: Run, options: render_pb2.RenderOptions) -> Artifact | None:
+        """recon's mesh file, when one requested export is that very file: render would return
+        it unchanged (no simplification, no texture limit), so it is taken out of render's
+        list and sent from here instead of making the round trip."""
+        geometry = run.geometry
+        if geometry is None or run.geometry_kind != common_pb2.GEOMETRY_KIND_MESH:
+            return None
+        if options.HasField("simplify") or options.texture_size_limit:
+            return None
+        file_type = {b"glTF": render_pb2.MESH_FORMAT_GLB, b"ply\n": render_pb2.MESH_FORMAT_PLY}.get(
+            geometry.data[:4]
+        )
+        if file_type is None or file_type not in options.exports:
+            return None
+        kept = [f for f in options.exports if f != file_type]
+        del options.exports[:]
+        options.exports.extend(kept)
+        suffix = render_pb2.MeshFormat.Name(file_type).removeprefix("MESH_FORMAT_").lower()
+        return Artifact(f"mesh.{suffix}", geometry.data, sha256=geometry.sha256)
+
     async def _render(self, run: Run) -> AsyncIterator[gateway_pb2.GenerateResponse]:
         assert run.geometry is not None
         geometry = run.geometry
-        params = render_pb2.RenderParams(kind=run.geometry_kind, options=run.outputs)
+        options = render_pb2.RenderOptions()
+        options.CopyFrom(run.outputs)
+        direct = self._direct_export(run, options)
+        params = render_pb2.RenderParams(kind=run.geometry_kind, options=options)
 
         async def requests() -> AsyncIterator[render_pb2.RenderRequest]:
             yield render_pb2.RenderRequest(params=params)
@@ -377,7 +401,12 @@ class GeneratePipeline:
                 yield render_pb2.RenderRequest(geometry=chunk)
 
         started = time.perf_counter()
+        # The call starts now; the mesh we already hold goes to the client while render works.
         call = self.backends.render.Render(requests(), timeout=run.timeout(), metadata=call_metadata())
+        if direct is not None:
+            for chunk in iter_chunks(direct):
+                yield gateway_pb2.GenerateResponse(chunk=chunk)
+            run.artifacts.append(direct.info())
         collector = ArtifactCollector("render.chunk")
         async for response in self._stream(call, "render", RENAME_RENDER):
             kind = response.WhichOneof("event")

@@ -20,10 +20,11 @@ from threegen.png import encode
     width=st.integers(1, 40),
     channels=st.sampled_from([3, 4]),
     seed=st.integers(0, 99),
+    level=st.sampled_from([0, 1, 9]),
 )
-def test_round_trip_is_exact(height: int, width: int, channels: int, seed: int) -> None:
+def test_round_trip_is_exact(height: int, width: int, channels: int, seed: int, level: int) -> None:
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
-    decoded = Image.open(io.BytesIO(encode(pixels)))
+    decoded = Image.open(io.BytesIO(encode(pixels, level)))
     assert decoded.mode == ("RGB" if channels == 3 else "RGBA")
     assert np.array_equal(np.asarray(decoded), pixels)
 

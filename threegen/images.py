@@ -41,7 +41,7 @@ def decode_image(data: bytes, field: str, max_pixels: int = MAX_PIXELS) -> Image
     return image
 
 
-def encode_png(image: Image.Image | np.ndarray) -> bytes:
+def encode_png(image: Image.Image | np.ndarray, level: int = 1) -> bytes:
     """PNG bytes of an RGB or RGBA image (see threegen.png: several times faster than PIL's)."""
     from threegen import png
 
@@ -50,7 +50,7 @@ def encode_png(image: Image.Image | np.ndarray) -> bytes:
         if isinstance(image, np.ndarray)
         else image.convert("RGBA" if image.mode in ("RGBA", "LA", "PA") else "RGB")
     )
-    return png.encode(pixels)
+    return png.encode(pixels, level)
 
 
 def has_transparency(image: Image.Image) -> bool:
