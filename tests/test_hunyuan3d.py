@@ -61,7 +61,7 @@ def test_shape_only_gives_a_reduced_mesh_with_every_stage_timed(hunyuan) -> None
     assert result.model == "hunyuan3d" and result.family == common_pb2.FAMILY_HUNYUAN3D
     assert result.stats.face_count == len(mesh.faces)
     timed = [t.step for t in result.timings]
-    assert timed[:4] == ["encode_image", "denoise", "decode_volume", "marching_cubes"]
+    assert timed[:5] == ["decode_input", "encode_image", "denoise", "decode_volume", "marching_cubes"]
     assert "clean_mesh" in timed and "texture" not in timed
     assert [e.message for e in progress if e.step == "denoise"] == ["step 1", "step 2"]
     fractions = [e.fraction for e in progress]

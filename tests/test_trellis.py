@@ -59,7 +59,8 @@ def test_image_to_textured_glb_simplified_to_the_asked_fraction(trellis) -> None
     simplified = next(e.message for e in progress if e.step == "simplify")
     before, after = (int(n) for n in simplified.removesuffix(" faces").split(" -> "))
     assert after == len(mesh.faces) and after <= 0.12 * before
-    assert [t.step for t in result.timings][:4] == [
+    assert [t.step for t in result.timings][:5] == [
+        "decode_input",
         "encode",
         "sparse_structure",
         "structured_latent",

@@ -32,11 +32,13 @@ MODES = {
 NUM_CHUNKS = {1: 200_000, 2: 20_000, 3: 20_000, 4: 8_000, 5: 4_000}
 
 GIB = 1 << 30
-# Working memory per stage beyond weights (fp16, batch 1). Decode: the (R+1)^3 query grid in
-# fp16, its logits in fp16 and fp32, marching-cubes bookkeeping; plus per queried point the
-# decoder's cross-attention and MLP activations.
-DECODE_BYTES_PER_CELL = 22
-DECODE_BYTES_PER_CHUNK_POINT = 16 * 1024
+# Working memory per stage beyond weights (fp16, batch 1). Decode: per cell of the (R+1)^3 grid
+# (query points, logits, the isosurface pass's buffers) and per point of one decoder chunk
+# (cross-attention and MLP activations). Fitted to peaks measured on an H100 at octree 256,
+# full-size random weights (bench/recon_hunyuan3d.py, 2026-11-23): 4.34 GiB above the resident
+# weights with 200k-point chunks, 2.0 GiB with 20k and with 4k; rounded up.
+DECODE_BYTES_PER_CELL = 128
+DECODE_BYTES_PER_CHUNK_POINT = 13 * 1024
 ENCODE_BYTES = int(0.25 * GIB)
 DENOISE_BYTES = int(0.5 * GIB)
 DELIGHT_BYTES = int(1.5 * GIB)
