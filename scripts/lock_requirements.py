@@ -1,5 +1,5 @@
 """Pin every image's Python dependencies from one resolver run per extra (torch excluded: each
-image pins its CUDA build itself).   python scripts/lock_requirements.py"""
+image pins its CUDA build itself).   python scripts/lock_requirements.py [extra ...]"""
 
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ def lock(extra: str) -> list[str]:
 
 
 def main() -> None:
-    for extra in ("gateway", "imagegen", "recon", "render"):
+    extras = sys.argv[1:] or ["gateway", "imagegen", "recon", "hunyuan3d", "render"]
+    for extra in extras:
         pins = lock(extra)
         target = ROOT / "deploy" / "requirements" / f"{extra}.txt"
         target.write_text(

@@ -7,7 +7,10 @@ fn main() -> std::io::Result<()> {
         "threegen/render/v1/render.proto",
         "threegen/gateway/v1/gateway.proto",
     ];
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../protos");
+    // Read at run time: a build script compiled for one checkout may be reused from a shared
+    // target directory by another, and a compile-time path would point at the first.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let root = std::path::Path::new(&manifest).join("../../protos");
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", root.join(proto).display());
     }
