@@ -12,6 +12,7 @@ from collections.abc import Callable
 import grpc
 
 from gateway.settings import GatewaySettings
+from threegen.common.v1 import common_pb2
 from threegen.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -30,6 +31,13 @@ from threegen.recon.v1 import recon_pb2_grpc
 from threegen.render.v1 import render_pb2_grpc
 
 RETRY_BUFFER_BYTES = 64 * 1024 * 1024
+FAMILY_BY_NAME = {
+    "triposr": common_pb2.FAMILY_TRIPOSR,
+    "trellis": common_pb2.FAMILY_TRELLIS,
+    "hunyuan3d": common_pb2.FAMILY_HUNYUAN3D,
+    "sam3d": common_pb2.FAMILY_SAM3D,
+    "xcube": common_pb2.FAMILY_XCUBE,
+}
 
 
 def service_config(service: str, attempts: int) -> str:
@@ -135,6 +143,16 @@ class Backends:
         self.imagegen = imagegen_pb2_grpc.ImageGenServiceStub(self.channels["imagegen"])
         self.recon = recon_pb2_grpc.ReconServiceStub(self.channels["recon"])
         self.render = render_pb2_grpc.RenderServiceStub(self.channels["render"])
+        # One recon image per family: each routed family gets its own channel and stub.
+        self.recon_routes: dict[int, recon_pb2_grpc.ReconServiceStub] = {}
+        for family, address in settings.routes().items():
+            channel = open_channel(address, "threegen.recon.v1.ReconService", attempts, tls, name)
+            self.channels[f"recon-{family}"] = channel
+            self.recon_routes[FAMILY_BY_NAME[family]] = recon_pb2_grpc.ReconServiceStub(channel)
+
+    def recon_for(self, family: int) -> recon_pb2_grpc.ReconServiceStub:
+        """The recon deployment serving `family` (unset: the default deployment's own default)."""
+        return self.recon_routes.get(family, self.recon)
 
     async def close(self) -> None:
         for channel in self.channels.values():

@@ -112,14 +112,24 @@ class GeneratePipeline:
     async def recon_models(self) -> recon_pb2.ListModelsResponse:
         """recon's families and what they accept, cached for 30 s."""
         if self._models is None or time.monotonic() - self._models[0] > 30.0:
-            try:
-                reply = await self.backends.recon.ListModels(
-                    recon_pb2.ListModelsRequest(), timeout=10, metadata=call_metadata()
-                )
-            except grpc.aio.AioRpcError as error:
-                raise translate(error, "recon", RENAME_RECON) from None
+            reply = await self._list_models(self.backends.recon)
+            # Routed families are described by the deployment that serves them.
+            for family, stub in self.backends.recon_routes.items():
+                routed = await self._list_models(stub)
+                kept = [m for m in reply.models if m.family != family]
+                del reply.models[:]
+                reply.models.extend(kept + [m for m in routed.models if m.family == family])
             self._models = (time.monotonic(), reply)
         return self._models[1]
+
+    @staticmethod
+    async def _list_models(stub: object) -> recon_pb2.ListModelsResponse:
+        try:
+            return await stub.ListModels(  # type: ignore[attr-defined]
+                recon_pb2.ListModelsRequest(), timeout=10, metadata=call_metadata()
+            )
+        except grpc.aio.AioRpcError as error:
+            raise translate(error, "recon", RENAME_RECON) from None
 
     async def _takes_text(self, family: int) -> bool:
         models = await self.recon_models()
@@ -216,7 +226,7 @@ class GeneratePipeline:
         params = recon_pb2.ReconstructParams(
             prompt=request.prompt, options=request.recon_options, validate_only=True
         )
-        call = self.backends.recon.Reconstruct(
+        call = self.backends.recon_for(request.recon_options.family).Reconstruct(
             iter([recon_pb2.ReconstructRequest(params=params)]), timeout=10, metadata=call_metadata()
         )
         await self._drain(call, "recon", RENAME_RECON)
@@ -342,7 +352,8 @@ class GeneratePipeline:
                     yield recon_pb2.ReconstructRequest(mask=chunk)
 
         started = time.perf_counter()
-        call = self.backends.recon.Reconstruct(requests(), timeout=run.timeout(), metadata=call_metadata())
+        stub = self.backends.recon_for(run.request.recon_options.family)
+        call = stub.Reconstruct(requests(), timeout=run.timeout(), metadata=call_metadata())
         collector = ArtifactCollector("recon.chunk")
         result = None
         async for response in self._stream(call, "recon", RENAME_RECON):

@@ -19,7 +19,14 @@ class GatewaySettings(ServerSettings):
     imagegen_address: str = setting(
         "localhost:50052", "imagegen target; `dns:///imagegen:50052` spreads over a headless Service."
     )
-    recon_address: str = setting("localhost:50053", "recon target.")
+    recon_address: str = setting(
+        "localhost:50053", "recon target: its default family, and every family not in RECON_ROUTES."
+    )
+    recon_routes: tuple[str, ...] = setting(
+        (),
+        "Per-family recon targets, FAMILY=TARGET (e.g. trellis=dns:///recon-trellis:50053), for one "
+        "recon image per family; requests for that family go there.",
+    )
     render_address: str = setting("localhost:50054", "render target.")
     backend_retries: int = setting(4, "Attempts per backend call on UNAVAILABLE (with exponential backoff).")
     max_inline_image_bytes: int = setting(
@@ -46,8 +53,15 @@ class GatewaySettings(ServerSettings):
         "", "Name expected in the backends' certificates, if not the host."
     )
 
+    def routes(self) -> dict[str, str]:
+        """recon_routes as {family name: target}."""
+        return dict(route.split("=", 1) for route in self.recon_routes if "=" in route)
+
     def validate(self) -> None:
         super().validate()
+        families = ("triposr", "trellis", "hunyuan3d", "sam3d", "xcube")
+        bad = [r for r in self.recon_routes if "=" not in r or r.split("=", 1)[0] not in families]
+        self.require(not bad, "recon_routes", f"{bad}: each must be FAMILY=TARGET with FAMILY in {families}")
         self.require(
             1 <= self.backend_retries <= 5, "backend_retries", "must be 1..5 (gRPC caps attempts at 5)"
         )

@@ -11,6 +11,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU_SERVICES = {"imagegen": 50052, "recon-triposr": 50053, "render": 50054}
+FAMILY_IMAGES = {"recon-trellis": 50053, "recon-hunyuan3d": 50053}  # gpu-cluster only
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")
 
@@ -27,7 +28,13 @@ def render(overlay: str) -> dict[tuple[str, str], dict]:
 
 def test_gpu_cluster_overlay() -> None:
     objects = render("gpu-cluster")
-    for name, port in GPU_SERVICES.items():
+    gateway_env = {
+        e["name"]: e.get("value")
+        for e in objects[("Deployment", "gateway")]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    routes = dict(r.split("=", 1) for r in gateway_env["THREEGEN_GATEWAY_RECON_ROUTES"].split(","))
+    assert routes == {"trellis": "dns:///recon-trellis:50053", "hunyuan3d": "dns:///recon-hunyuan3d:50053"}
+    for name, port in {**GPU_SERVICES, **FAMILY_IMAGES}.items():
         pod = objects[("Deployment", name)]["spec"]["template"]["spec"]
         container = pod["containers"][0]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
