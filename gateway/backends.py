@@ -11,8 +11,7 @@ from collections.abc import Callable
 
 import grpc
 
-from gateway.settings import GatewaySettings
-from threegen.common.v1 import common_pb2
+from gateway.settings import FAMILY_BY_NAME, GatewaySettings
 from threegen.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -31,13 +30,6 @@ from threegen.recon.v1 import recon_pb2_grpc
 from threegen.render.v1 import render_pb2_grpc
 
 RETRY_BUFFER_BYTES = 64 * 1024 * 1024
-FAMILY_BY_NAME = {
-    "triposr": common_pb2.FAMILY_TRIPOSR,
-    "trellis": common_pb2.FAMILY_TRELLIS,
-    "hunyuan3d": common_pb2.FAMILY_HUNYUAN3D,
-    "sam3d": common_pb2.FAMILY_SAM3D,
-    "xcube": common_pb2.FAMILY_XCUBE,
-}
 
 
 def service_config(service: str, attempts: int) -> str:
@@ -149,6 +141,16 @@ class Backends:
             channel = open_channel(address, "threegen.recon.v1.ReconService", attempts, tls, name)
             self.channels[f"recon-{family}"] = channel
             self.recon_routes[FAMILY_BY_NAME[family]] = recon_pb2_grpc.ReconServiceStub(channel)
+
+    def recon_deployments(self) -> list[tuple[int | None, recon_pb2_grpc.ReconServiceStub]]:
+        """Every recon deployment: (the family it is routed for, None for the default one; stub)."""
+        return [(None, self.recon), *self.recon_routes.items()]
+
+    def speaks_for(self, family: int | None, model: object) -> bool:
+        """Whether a model a recon deployment lists counts: a routed deployment describes its
+        family only; the default one every family not routed elsewhere."""
+        listed = model.family  # type: ignore[attr-defined]
+        return listed == family if family is not None else listed not in self.recon_routes
 
     def recon_for(self, family: int) -> recon_pb2_grpc.ReconServiceStub:
         """The recon deployment serving `family` (unset: the default deployment's own default)."""

@@ -112,13 +112,17 @@ class GeneratePipeline:
     async def recon_models(self) -> recon_pb2.ListModelsResponse:
         """recon's families and what they accept, cached for 30 s."""
         if self._models is None or time.monotonic() - self._models[0] > 30.0:
-            reply = await self._list_models(self.backends.recon)
-            # Routed families are described by the deployment that serves them.
-            for family, stub in self.backends.recon_routes.items():
-                routed = await self._list_models(stub)
-                kept = [m for m in reply.models if m.family != family]
-                del reply.models[:]
-                reply.models.extend(kept + [m for m in routed.models if m.family == family])
+            deployments = self.backends.recon_deployments()
+            replies = await asyncio.gather(*(self._list_models(stub) for _, stub in deployments))
+            reply = replies[0]  # the default deployment's, for its default_family
+            models = [
+                m
+                for (family, _), listed in zip(deployments, replies, strict=True)
+                for m in listed.models
+                if self.backends.speaks_for(family, m)
+            ]
+            del reply.models[:]
+            reply.models.extend(models)
             self._models = (time.monotonic(), reply)
         return self._models[1]
 

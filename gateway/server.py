@@ -136,20 +136,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ListModelsResponse:
         backends: Backends = self.state["backends"]
-        routed = backends.recon_routes
-        names = ["imagegen", "recon", *(f"recon-{common_pb2.Family.Name(f)}" for f in routed)]
-        families = [None, None, *routed]  # routed deployments speak for their family only
+        deployments = backends.recon_deployments()
+        names = [
+            "imagegen",
+            *("recon" if f is None else f"recon-{common_pb2.Family.Name(f)}" for f, _ in deployments),
+        ]
         calls = [
             backends.imagegen.ListModels(
                 imagegen_pb2.ListModelsRequest(), timeout=5, metadata=call_metadata()
             ),
             *(
                 stub.ListModels(recon_pb2.ListModelsRequest(), timeout=5, metadata=call_metadata())
-                for stub in (backends.recon, *routed.values())
+                for _, stub in deployments
             ),
         ]
         models = []
         replies = await asyncio.gather(*calls, return_exceptions=True)
+        families = [None, *(f for f, _ in deployments)]
         for name, family, reply in zip(names, families, replies, strict=True):
             if isinstance(reply, BaseException):
                 detail = reply.details() if isinstance(reply, grpc.RpcError) else str(reply)
@@ -161,10 +164,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                         error=f"{name} unreachable: {detail}",
                     )
                 )
-            elif family is not None:
-                models.extend(m for m in reply.models if m.family == family)
+            elif name == "imagegen":
+                models.extend(reply.models)
             else:
-                models.extend(m for m in reply.models if name == "imagegen" or m.family not in routed)
+                models.extend(m for m in reply.models if backends.speaks_for(family, m))
         return gateway_pb2.ListModelsResponse(models=models)
 
     async def UploadInput(

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
+from threegen.common.v1 import common_pb2
 from threegen.config import setting
 from threegen.runtime.settings import ServerSettings
+
+# Route names are the proto's Family values: FAMILY_TRELLIS -> "trellis".
+FAMILY_BY_NAME = {
+    name.removeprefix("FAMILY_").lower(): value for name, value in common_pb2.Family.items() if value
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,9 +65,9 @@ class GatewaySettings(ServerSettings):
 
     def validate(self) -> None:
         super().validate()
-        families = ("triposr", "trellis", "hunyuan3d", "sam3d", "xcube")
-        bad = [r for r in self.recon_routes if "=" not in r or r.split("=", 1)[0] not in families]
-        self.require(not bad, "recon_routes", f"{bad}: each must be FAMILY=TARGET with FAMILY in {families}")
+        known = tuple(FAMILY_BY_NAME)
+        bad = [r for r in self.recon_routes if "=" not in r or r.split("=", 1)[0] not in FAMILY_BY_NAME]
+        self.require(not bad, "recon_routes", f"{bad}: each must be FAMILY=TARGET with FAMILY in {known}")
         self.require(
             1 <= self.backend_retries <= 5, "backend_retries", "must be 1..5 (gRPC caps attempts at 5)"
         )
