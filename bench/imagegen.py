@@ -2,9 +2,12 @@
 
 For 1 and 4 views (1 step, 4 views re-ranked by CLIP) it times the engine in-process and the
 same request through the gRPC service running in its own process, and prints p50/p95 and the
-ratio; then images/s from 8 concurrent clients with dynamic batching on and off.
+ratio; then images/s from 8 concurrent clients with dynamic batching on (for each batch
+limit in --max-batch) and off, with how many requests shared each forward pass. With
+--channels-last-ab the in-process engine is also timed with NCHW activations.
 
-    python -m bench.imagegen --out /tmp/bench [--models sd-turbo,sdxl-turbo] [--repeat 20]
+    python -m bench.imagegen --out /tmp/bench [--models sd-turbo,sdxl-turbo] [--repeat 20] \
+        [--max-batch 8,4] [--channels-last-ab]
 """
 
 from __future__ import annotations
@@ -41,17 +44,23 @@ def request(model: str, views: int, seed: int) -> imagegen_pb2.GenerateRequest:
 
 
 SERVICE_TIMINGS: dict[tuple[str, int, str], list[float]] = {}
+BATCHES: dict[str, list[int]] = {}
 IN_PROCESS_TIMINGS: dict[tuple[str, int, str], list[float]] = {}
 
 
-def call(stub, model: str, views: int, seed: int, record: bool = True) -> None:
+def call(stub, model: str, views: int, seed: int, record: bool = True) -> int:
+    """One request; returns how many requests shared its forward pass."""
+    shared = 0
     for response in stub.Generate(request(model, views, seed), timeout=120):
-        if record and response.WhichOneof("event") == "result":
-            for timing in response.result.timings:
-                SERVICE_TIMINGS.setdefault((model, views, timing.step), []).append(timing.seconds * 1000)
+        if response.WhichOneof("event") == "result":
+            shared = response.result.batch_requests
+            if record:
+                for timing in response.result.timings:
+                    SERVICE_TIMINGS.setdefault((model, views, timing.step), []).append(timing.seconds * 1000)
+    return shared
 
 
-def throughput(address: str, model: str, clients: int, seconds: float) -> float:
+def throughput(address: str, model: str, clients: int, seconds: float, label: str = "") -> float:
     counts: list[int] = []
     stop = time.monotonic() + seconds
 
@@ -60,7 +69,9 @@ def throughput(address: str, model: str, clients: int, seconds: float) -> float:
             stub = imagegen_pb2_grpc.ImageGenServiceStub(channel)
             count = 0
             while time.monotonic() < stop:
-                call(stub, model, 1, index * 100_000 + count, record=False)
+                shared = call(stub, model, 1, index * 100_000 + count, record=False)
+                if label:
+                    BATCHES.setdefault(label, []).append(shared)
                 count += 1
             counts.append(count)
 
@@ -73,9 +84,10 @@ def throughput(address: str, model: str, clients: int, seconds: float) -> float:
     return sum(counts) / (time.monotonic() - started)
 
 
-def environment(model: str, folder: Path, clip: Path, window_ms: str = "10") -> dict[str, str]:
+def environment(model: str, folder: Path, clip: Path, window_ms: str = "10", **extra: str) -> dict[str, str]:
     key = model.replace("-", "_").upper()
     return {
+        **{f"THREEGEN_IMAGEGEN_{name.upper()}": value for name, value in extra.items()},
         f"THREEGEN_IMAGEGEN_{key}_MODEL": str(folder),
         "THREEGEN_IMAGEGEN_PRELOAD": model,
         "THREEGEN_IMAGEGEN_DEFAULT_MODEL": model,
@@ -87,14 +99,16 @@ def environment(model: str, folder: Path, clip: Path, window_ms: str = "10") -> 
     }
 
 
-def in_process(model: str, folder: Path, clip: Path, repeat: int, device: str, size: int) -> dict[int, dict]:
+def in_process(
+    model: str, folder: Path, clip: Path, repeat: int, device: str, size: int, label: str = "", **extra: str
+) -> dict[int, dict]:
     from services.imagegen.models import ClipScorer, LoraLibrary, ModelStore
     from services.imagegen.params import ImageParams
     from services.imagegen.pipeline import ImageGenerator
     from services.imagegen.settings import ImageGenSettings
     from threegen.background import BackgroundRemover
 
-    settings = ImageGenSettings.from_env(environment(model, folder, clip))
+    settings = ImageGenSettings.from_env(environment(model, folder, clip, **extra))
     store = ModelStore(settings, device)
     with store.use(model, pinned=True):
         pass
@@ -109,11 +123,22 @@ def in_process(model: str, folder: Path, clip: Path, repeat: int, device: str, s
 
         def once(p: ImageParams = params, views: int = views) -> None:
             for step, seconds in generator.generate(p, Reporter()).timings:
-                IN_PROCESS_TIMINGS.setdefault((model, views, step), []).append(seconds * 1000)
+                IN_PROCESS_TIMINGS.setdefault((model + label, views, step), []).append(seconds * 1000)
 
         results[views] = summary(timed(once, repeat, 3, cuda_sync))
     generator.batcher.stop()
     return results
+
+
+def free_gpu() -> None:
+    """Return the in-process engine's memory before the next one or the service loads."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def main() -> None:
@@ -124,6 +149,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--max-batch", default="8", help="batch limits to measure throughput with, e.g. 8,4")
+    parser.add_argument("--channels-last-ab", action="store_true", help="also time the engine with NCHW")
     parser.add_argument("--tiny", action="store_true", help="tiny checkpoints at 64 px: a smoke test on CPU")
     args = parser.parse_args()
     SIZE["value"] = 64 if args.tiny else 512
@@ -147,9 +174,25 @@ def main() -> None:
             WRITERS[model](folder, args.device)
             print(f"wrote full-size {model} in {time.perf_counter() - started:.1f} s", flush=True)
         local = in_process(model, folder, clip, args.repeat, args.device, SIZE["value"])
+        free_gpu()
+        if args.channels_last_ab:
+            nchw = in_process(
+                model, folder, clip, args.repeat, args.device, SIZE["value"], "/nchw", channels_last="0"
+            )
+            free_gpu()
+            report[f"{model}/nchw_in_process"] = nchw
+            print(
+                f"{model} in-process p50 channels-last vs NCHW:",
+                {v: (round(local[v]["p50_ms"], 1), round(nchw[v]["p50_ms"], 1)) for v in (1, 4)},
+                flush=True,
+            )
+        limits = [int(n) for n in args.max_batch.split(",")]
         with (
             service_process(
-                "services.imagegen", environment(model, folder, clip), PORT, out / f"imagegen-{model}.log"
+                "services.imagegen",
+                environment(model, folder, clip, max_batch_images=str(limits[0])),
+                PORT,
+                out / f"imagegen-{model}.log",
             ) as address,
             grpc.insecure_channel(address) as channel,
         ):
@@ -159,7 +202,18 @@ def main() -> None:
                 for v in (1, 4)
             }
             throughput(address, model, args.clients, 2.0)  # warm-up: kernels, allocator, cudnn plans
-            batched = throughput(address, model, args.clients, args.seconds)
+            batched = {
+                limits[0]: throughput(address, model, args.clients, args.seconds, f"{model}/{limits[0]}")
+            }
+        for limit in limits[1:]:
+            with service_process(
+                "services.imagegen",
+                environment(model, folder, clip, max_batch_images=str(limit)),
+                PORT,
+                out / f"imagegen-{model}-max{limit}.log",
+            ) as address:
+                throughput(address, model, args.clients, 2.0)
+                batched[limit] = throughput(address, model, args.clients, args.seconds, f"{model}/{limit}")
         with service_process(
             "services.imagegen",
             environment(model, folder, clip, "0"),
@@ -186,11 +240,19 @@ def main() -> None:
                 "grpc": remote[views],
                 "ratio": ratio,
             }
+        best = max(batched, key=batched.get)
         report[f"{model}/throughput"] = {
-            "batching": batched,
+            "batching": batched[best],
+            "max_batch_images": best,
+            "by_limit": {limit: {"img_s": ips, "ratio": ips / unbatched} for limit, ips in batched.items()},
             "no_batching": unbatched,
-            "ratio": batched / unbatched,
+            "ratio": batched[best] / unbatched,
             "clients": args.clients,
+            "requests_per_pass": {
+                label: {n: shares.count(n) for n in sorted(set(shares))}
+                for label, shares in BATCHES.items()
+                if label.startswith(model + "/")
+            },
         }
         print(rows[-2:], report[f"{model}/throughput"], flush=True)
     print()
@@ -199,16 +261,23 @@ def main() -> None:
     print(table(rows, ["model", "views", "in-proc p50", "p95", "gRPC p50", "p95", "gRPC/in-proc"]))
     for model in models:
         t = report[f"{model}/throughput"]
-        print(
-            f"{model}: {args.clients} clients: {t['batching']:.1f} img/s batched vs {t['no_batching']:.1f} "
-            f"unbatched = {t['ratio']:.2f}x"
-        )
+        for limit, figures in t["by_limit"].items():
+            print(
+                f"{model}: {args.clients} clients, batches of at most {limit}: {figures['img_s']:.1f} img/s "
+                f"batched vs {t['no_batching']:.1f} unbatched = {figures['ratio']:.2f}x; "
+                f"requests per pass (seen by requests): {t['requests_per_pass'].get(f'{model}/{limit}')}"
+            )
     for (model, views, step), values in sorted(SERVICE_TIMINGS.items()):
         local = IN_PROCESS_TIMINGS.get((model, views, step), [float("nan")])
         service_ms, local_ms = sorted(values)[len(values) // 2], sorted(local)[len(local) // 2]
         print(
             f"  {model} {views} view(s) {step}: service p50 {service_ms:.1f} ms, in-process {local_ms:.1f} ms"
         )
+    report["steps_p50_ms"] = {
+        f"{where}/{model}/views{views}/{step}": sorted(values)[len(values) // 2]
+        for where, timings in (("service", SERVICE_TIMINGS), ("in_process", IN_PROCESS_TIMINGS))
+        for (model, views, step), values in timings.items()
+    }
     (out / "imagegen.json").write_text(json.dumps(report, indent=2, default=str))
 
 

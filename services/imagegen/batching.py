@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from threegen.errors import Cancelled
+from threegen.runtime import metrics
 from threegen.runtime.work import Reporter
 
 
@@ -113,6 +114,7 @@ class Batcher:
             if not batch:
                 return
             self.last_batch_size = len(batch)
+            metrics.BATCH_REQUESTS.labels("imagegen").observe(len(batch))
             for ticket in batch:
                 ticket.batch_size = len(batch)
             try:

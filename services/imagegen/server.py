@@ -78,6 +78,7 @@ class ImageGenServicer(imagegen_pb2_grpc.ImageGenServiceServicer):
                     for s, t in result.timings
                 ],
                 model=result.model,
+                batch_requests=result.batch_size,
             )
         )
 

@@ -52,6 +52,10 @@ class ImageGenSettings(ServerSettings):
         10.0, "How long the batcher waits for compatible requests; 0 disables batching."
     )
     max_batch_images: int = setting(8, "Most images in one batched forward pass.")
+    channels_last: bool = setting(
+        True,
+        "On CUDA, keep UNet and VAE activations channels-last (NHWC): fp16 convolutions run fastest so.",
+    )
     png_level: int = setting(
         1,
         "zlib level of the PNGs sent out, 0..9. 0 (stored) costs ~2 ms a 512 px image to write and "

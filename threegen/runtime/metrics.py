@@ -20,6 +20,12 @@ CANCELLED_WORK = Counter(
     "threegen_work_cancelled_total", "Engine runs stopped early because the caller left", ["service"]
 )
 STEPS = Counter("threegen_engine_steps_total", "Progress steps completed by engines", ["service"])
+BATCH_REQUESTS = Histogram(
+    "threegen_batch_requests",
+    "Requests that shared one forward pass (dynamic batching)",
+    ["service"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+)
 MODEL_READY = Gauge("threegen_model_ready", "1 once the service's models are loaded", ["service"])
 
 

@@ -233,10 +233,15 @@ class GenerateResult(_message.Message):
     ARTIFACTS_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    BATCH_REQUESTS_FIELD_NUMBER: _builtins.int
     seed: _builtins.int
     """Seed used for candidate 0."""
     model: _builtins.str
     """Name of the model that ran, e.g. "sd-turbo"."""
+    batch_requests: _builtins.int
+    """Requests that shared this request's forward pass on the GPU (dynamic batching); 1 when
+    it ran alone, 0 when nothing ran (validate_only).
+    """
     @_builtins.property
     def views(self) -> _containers.RepeatedCompositeFieldContainer[Global___GeneratedView]:
         """Returned images, best first."""
@@ -257,10 +262,11 @@ class GenerateResult(_message.Message):
         artifacts: _abc.Iterable[_common_pb2.ArtifactInfo] | None = ...,
         timings: _abc.Iterable[_common_pb2.Timing] | None = ...,
         model: _builtins.str = ...,
+        batch_requests: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "model", b"model", "seed", b"seed", "timings", b"timings", "views", b"views"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "batch_requests", b"batch_requests", "model", b"model", "seed", b"seed", "timings", b"timings", "views", b"views"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
