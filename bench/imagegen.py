@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import threading
 import time
@@ -48,7 +49,7 @@ BATCHES: dict[str, list[int]] = {}
 IN_PROCESS_TIMINGS: dict[tuple[str, int, str], list[float]] = {}
 
 
-def call(stub, model: str, views: int, seed: int, record: bool = True) -> int:
+def call(stub, model: str, views: int, seed: int, record: bool = True, label: str = "") -> int:
     """One request; returns how many requests shared its forward pass."""
     shared = 0
     for response in stub.Generate(request(model, views, seed), timeout=120):
@@ -56,7 +57,9 @@ def call(stub, model: str, views: int, seed: int, record: bool = True) -> int:
             shared = response.result.batch_requests
             if record:
                 for timing in response.result.timings:
-                    SERVICE_TIMINGS.setdefault((model, views, timing.step), []).append(timing.seconds * 1000)
+                    SERVICE_TIMINGS.setdefault((model + label, views, timing.step), []).append(
+                        timing.seconds * 1000
+                    )
     return shared
 
 
@@ -141,6 +144,26 @@ def free_gpu() -> None:
         torch.cuda.empty_cache()
 
 
+def switch_interval_run(args: argparse.Namespace, model: str, folder: Path, clip: Path, out: Path) -> dict:
+    """gRPC p50 for 1 view with the service's GIL switch interval changed (through sitecustomize):
+    shows how much of the service's extra diffusion time is threads waiting for the GIL."""
+    site = out / "switch-interval-site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        f"import sys\nsys.setswitchinterval({args.switch_interval_ms / 1000})\n"
+    )
+    env = environment(model, folder, clip)
+    env["PYTHONPATH"] = f"{site}:{os.environ.get('PYTHONPATH', '')}"
+    with (
+        service_process("services.imagegen", env, PORT, out / f"imagegen-{model}-si.log") as address,
+        grpc.insecure_channel(address) as channel,
+    ):
+        stub = imagegen_pb2_grpc.ImageGenServiceStub(channel)
+        figures = summary(timed(lambda: call(stub, model, 1, 7, label="/si"), args.repeat, 3))
+    print(f"{model} 1 view, switch interval {args.switch_interval_ms} ms: gRPC p50 {figures['p50_ms']:.1f}")
+    return {"switch_interval_ms": args.switch_interval_ms, **figures}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=tempfile.mkdtemp(prefix="bench-imagegen-"))
@@ -151,6 +174,12 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--max-batch", default="8", help="batch limits to measure throughput with, e.g. 8,4")
     parser.add_argument("--channels-last-ab", action="store_true", help="also time the engine with NCHW")
+    parser.add_argument(
+        "--switch-interval-ms",
+        type=float,
+        default=0.0,
+        help="also time 1 view through a service whose GIL switch interval is this (Python's is 5 ms)",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny checkpoints at 64 px: a smoke test on CPU")
     args = parser.parse_args()
     SIZE["value"] = 64 if args.tiny else 512
@@ -241,6 +270,8 @@ def main() -> None:
                 "ratio": ratio,
             }
         best = max(batched, key=batched.get)
+        if args.switch_interval_ms:
+            report[f"{model}/views1/switch_interval"] = switch_interval_run(args, model, folder, clip, out)
         report[f"{model}/throughput"] = {
             "batching": batched[best],
             "max_batch_images": best,

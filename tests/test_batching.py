@@ -101,3 +101,18 @@ def test_disabled_batching_runs_one_request_per_pass(window: float) -> None:
     sizes = [len(b) for b in batches]
     assert sizes == ([1, 1, 1] if window == 0.0 else [1, 2])
     batcher.stop()
+
+
+def test_members_coming_back_one_after_another_meet_in_one_pass() -> None:
+    """Under load the window restarts with each arrival: three requests 60 ms apart (120 ms in
+    all, past one 100 ms window) share a pass; a gap longer than the window closes it."""
+    batcher, batches = recording_batcher(window_s=0.1)
+    batcher.last_batch_size = 3  # as after a shared pass: the batcher expects company
+    threads = []
+    for name, gap in (("a", 0.0), ("b", 0.06), ("c", 0.06), ("late", 0.3)):
+        time.sleep(gap)
+        threads.append(submit_in_thread(batcher, name, ("k",))[0])
+    for thread in threads:
+        thread.join(5)
+    assert batches == [["a", "b", "c"], ["late"]]
+    batcher.stop()

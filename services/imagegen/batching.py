@@ -4,7 +4,8 @@ One GPU thread takes the oldest waiting request, gathers every queued request wi
 batch key (model, size, steps, guidance, LoRAs) up to an image limit, and runs them as one
 batch. While the GPU is busy, new requests pile up and are batched as soon as it frees. Under
 concurrent load (the last batch had several members, or others are already waiting) an idle
-GPU also waits up to the batch window for more; a lone client never pays that wait. A request
+GPU also waits for more, until a batch window passes with no new arrival; a lone client never
+pays that wait. A request
 cancelled while queued leaves the queue; one cancelled inside a batch stops receiving
 progress, and the batch stops if every member has gone.
 """
@@ -20,6 +21,8 @@ from typing import Any
 from threegen.errors import Cancelled
 from threegen.runtime import metrics
 from threegen.runtime.work import Reporter
+
+MAX_WINDOWS = 4  # longest wait for a batch to fill, in batch windows
 
 
 @dataclass(eq=False)
@@ -90,9 +93,17 @@ class Batcher:
                 return []
             first = self._queue[0]
             if self.enabled and (self.last_batch_size > 1 or len(self._queue) > 1):
-                deadline = time.monotonic() + self.window_s
-                while self._fill(first) < self.max_images and (left := deadline - time.monotonic()) > 0:
+                # The window restarts with each compatible arrival (up to MAX_WINDOWS of them), so
+                # the members of the last batch, coming back one after another, meet again in one
+                # pass instead of a straggler paying a whole pass of its own.
+                cap = time.monotonic() + MAX_WINDOWS * self.window_s
+                fill = self._fill(first)
+                deadline = min(cap, time.monotonic() + self.window_s)
+                while fill < self.max_images and (left := deadline - time.monotonic()) > 0:
                     self._cond.wait(left)
+                    if (now_fill := self._fill(first)) > fill:
+                        fill = now_fill
+                        deadline = min(cap, time.monotonic() + self.window_s)
             batch, images = [], 0
             for ticket in list(self._queue):
                 if ticket.key != first.key:

@@ -1,7 +1,8 @@
 """Text -> images with SD-Turbo / SDXL-Turbo through diffusers (no gRPC here).
 
-A request waits in the batcher, runs (possibly together with others) on the GPU thread,
-then its candidates are re-ranked by CLIP and, if asked, cut out with rembg.
+A request waits in the batcher, runs (possibly together with others) on the GPU thread, where
+its candidates are also re-ranked by CLIP; then, on its own thread, the best are cut out with
+rembg if asked.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -29,6 +31,19 @@ class View:
     candidate: int
     seed: int
     clip_score: float = 0.0
+
+
+@dataclass
+class BatchShare:
+    """What one request gets back from a batch: its slice of the images and its step times."""
+
+    offset: int
+    count: int
+    scores: list[float]
+    diffusion: float
+    rerank: float
+    readback: float = 0.0
+    pixels: np.ndarray | None = None
 
 
 @dataclass
@@ -56,9 +71,11 @@ class ImageGenerator:
         self.batcher = Batcher(self._run_batch, window_s, max_batch_images)
 
     def _run_batch(self, tickets: list[Ticket]) -> None:
+        """One forward pass for every ticket, then, still on this thread, each ticket's CLIP
+        re-rank and one copy of all images to the host. Done here, that GPU work never queues
+        behind the next batch's pass, so members leave as soon as their own pass ends."""
         first: ImageParams = tickets[0].params
         started = time.perf_counter()
-        cpu_started = time.thread_time()
         with self.store.use(first.model) as resident:
             self.loras.apply(resident, first.loras)
             prompts, negatives, generators = [], [], []
@@ -80,8 +97,8 @@ class ImageGenerator:
                 return kwargs
 
             use_cfg = first.guidance_scale > 1.0
-            output = resident.pipe(  # type: ignore[operator]
-                output_type="pt",  # stays on the GPU: CLIP ranks it there, only winners are copied
+            images = resident.pipe(  # type: ignore[operator]
+                output_type="pt",  # stays on the GPU: CLIP ranks it there
                 prompt=prompts,
                 negative_prompt=negatives if use_cfg and any(negatives) else None,
                 num_inference_steps=first.steps,
@@ -90,16 +107,26 @@ class ImageGenerator:
                 height=first.height,
                 generator=generators,
                 callback_on_step_end=on_step,
-            )
-            launched = time.thread_time() - cpu_started  # Python + kernel launches on this thread
+            ).images
             if self.store.device.startswith("cuda"):
                 torch.cuda.synchronize(torch.device(self.store.device))
-        seconds = time.perf_counter() - started
-        offset = 0
+        diffusion = time.perf_counter() - started
+        shares, offset = [], 0
         for ticket in tickets:
             count = ticket.params.num_views
-            ticket.result = (output.images[offset : offset + count], seconds, launched)
+            scores, rerank = [0.0] * count, 0.0
+            if count > 1 and not ticket.gone:
+                rerank_started = time.perf_counter()
+                scores = self.clip.scores(ticket.params.prompt, images[offset : offset + count])
+                rerank = time.perf_counter() - rerank_started
+            shares.append(BatchShare(offset, count, scores, diffusion, rerank))
             offset += count
+        copy_started = time.perf_counter()
+        pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        readback = time.perf_counter() - copy_started
+        for ticket, share in zip(tickets, shares, strict=True):  # all or none: a failure reaches every member
+            share.pixels, share.readback = pixels[share.offset : share.offset + share.count], readback
+            ticket.result = share
 
     def generate(self, params: ImageParams, reporter: Reporter) -> ImageResult:
         if params.num_views > 1 and self.clip.model is None:
@@ -112,23 +139,18 @@ class ImageGenerator:
         queued = time.perf_counter()
         reporter.progress("queued", 0.0, "waiting for the GPU")
         ticket = self.batcher.submit(params, reporter.span(0.0, 0.85), params.num_views, params.batch_key())
-        images, diffusion_seconds, _ = ticket.result
-        timings = [
-            ("wait", time.perf_counter() - queued - diffusion_seconds),
-            ("diffusion", diffusion_seconds),
-        ]
-        scores = [0.0] * len(images)
-        if len(images) > 1:
-            started = time.perf_counter()
-            scores = self.clip.scores(params.prompt, images)
-            timings.append(("rerank", time.perf_counter() - started))
-        order = sorted(range(len(images)), key=lambda i: (-scores[i], i))[: params.top_k]
-        if len(images) > 1:
+        share: BatchShare = ticket.result
+        own = share.diffusion + share.rerank + share.readback
+        timings = [("wait", time.perf_counter() - queued - own), ("diffusion", share.diffusion)]
+        if share.count > 1:
+            timings.append(("rerank", share.rerank))
+        timings.append(("readback", share.readback))
+        scores = share.scores
+        order = sorted(range(share.count), key=lambda i: (-scores[i], i))[: params.top_k]
+        if share.count > 1:
             reporter.progress("rerank", 0.9, f"best CLIP score {scores[order[0]]:.1f}")
-        pixels = (images[order].clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         views = [
-            View(Image.fromarray(pixels[n]), i, (params.seed + i) % 2**32, scores[i])
-            for n, i in enumerate(order)
+            View(Image.fromarray(share.pixels[i]), i, (params.seed + i) % 2**32, scores[i]) for i in order
         ]
         if params.remove_background:
             started = time.perf_counter()
