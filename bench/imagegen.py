@@ -13,6 +13,7 @@ limit in --max-batch) and off, with how many requests shared each forward pass. 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -102,9 +103,8 @@ def environment(model: str, folder: Path, clip: Path, window_ms: str = "10", **e
     }
 
 
-def in_process(
-    model: str, folder: Path, clip: Path, repeat: int, device: str, size: int, label: str = "", **extra: str
-) -> dict[int, dict]:
+def engine(model: str, folder: Path, clip: Path, device: str, size: int, label: str = "", **extra: str):
+    """The service's engine in this process; returns {views: one timed-request function}, stop."""
     from services.imagegen.models import ClipScorer, LoraLibrary, ModelStore
     from services.imagegen.params import ImageParams
     from services.imagegen.pipeline import ImageGenerator
@@ -119,7 +119,7 @@ def in_process(
     scorer = ClipScorer(str(clip), device)
     scorer.load()
     generator = ImageGenerator(store, LoraLibrary(""), scorer, BackgroundRemover(), 0.0, 8)
-    results = {}
+    calls = {}
     for views in (1, 4):
         params = ImageParams(
             prompt=PROMPT, seed=1, model=model, steps=1, num_views=views, top_k=views, width=size, height=size
@@ -129,9 +129,21 @@ def in_process(
             for step, seconds in generator.generate(p, Reporter()).timings:
                 IN_PROCESS_TIMINGS.setdefault((model + label, views, step), []).append(seconds * 1000)
 
-        results[views] = summary(timed(once, repeat, 3, cuda_sync))
-    generator.batcher.stop()
-    return results
+        calls[views] = once
+    return calls, generator.batcher.stop
+
+
+def interleaved(calls: dict[str, object], repeat: int, warmup: int = 3) -> dict[str, dict]:
+    """Time several variants in turns (a, b, a, b, ...): drift of the machine over the minutes
+    of a run (clocks, other tenants) then falls on every variant alike."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeat):
+        for name, fn in calls.items():
+            samples[name] += timed(fn, 1, 0, cuda_sync)
+    return {name: summary(values) for name, values in samples.items()}
 
 
 def free_gpu() -> None:
@@ -143,20 +155,6 @@ def free_gpu() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def switch_interval_run(args: argparse.Namespace, model: str, folder: Path, clip: Path, out: Path) -> dict:
-    """gRPC p50 for 1 view from a service with another GIL switch interval (5 = Python's default):
-    shows how much of a pass is the launching thread waiting for the GIL."""
-    env = environment(model, folder, clip, gil_switch_interval_ms=str(args.switch_interval_ms))
-    with (
-        service_process("services.imagegen", env, PORT, out / f"imagegen-{model}-si.log") as address,
-        grpc.insecure_channel(address) as channel,
-    ):
-        stub = imagegen_pb2_grpc.ImageGenServiceStub(channel)
-        figures = summary(timed(lambda: call(stub, model, 1, 7, label="/si"), args.repeat, 3))
-    print(f"{model} 1 view, switch interval {args.switch_interval_ms} ms: gRPC p50 {figures['p50_ms']:.1f}")
-    return {"switch_interval_ms": args.switch_interval_ms, **figures}
 
 
 def main() -> None:
@@ -173,7 +171,7 @@ def main() -> None:
         "--switch-interval-ms",
         type=float,
         default=0.0,
-        help="also time 1 view through a service with this GIL switch interval (Python's default is 5)",
+        help="also time requests through a second service with this GIL switch interval (Python's is 5)",
     )
     parser.add_argument("--tiny", action="store_true", help="tiny checkpoints at 64 px: a smoke test on CPU")
     args = parser.parse_args()
@@ -197,34 +195,58 @@ def main() -> None:
             started = time.perf_counter()
             WRITERS[model](folder, args.device)
             print(f"wrote full-size {model} in {time.perf_counter() - started:.1f} s", flush=True)
-        local = in_process(model, folder, clip, args.repeat, args.device, SIZE["value"])
-        free_gpu()
+        local, stop_local = engine(model, folder, clip, args.device, SIZE["value"])
+        variants = {}
         if args.channels_last_ab:
-            nchw = in_process(
-                model, folder, clip, args.repeat, args.device, SIZE["value"], "/nchw", channels_last="0"
-            )
-            free_gpu()
-            report[f"{model}/nchw_in_process"] = nchw
-            print(
-                f"{model} in-process p50 channels-last vs NCHW:",
-                {v: (round(local[v]["p50_ms"], 1), round(nchw[v]["p50_ms"], 1)) for v in (1, 4)},
-                flush=True,
+            variants["nchw"] = engine(
+                model, folder, clip, args.device, SIZE["value"], "/nchw", channels_last="0"
             )
         limits = [int(n) for n in args.max_batch.split(",")]
-        with (
-            service_process(
-                "services.imagegen",
-                environment(model, folder, clip, max_batch_images=str(limits[0])),
-                PORT,
-                out / f"imagegen-{model}.log",
-            ) as address,
-            grpc.insecure_channel(address) as channel,
-        ):
-            stub = imagegen_pb2_grpc.ImageGenServiceStub(channel)
-            remote = {
-                v: summary(timed(lambda v=v, s=stub, m=model: call(s, m, v, 7), args.repeat, 3))
-                for v in (1, 4)
-            }
+        with contextlib.ExitStack() as services:
+            address = services.enter_context(
+                service_process(
+                    "services.imagegen",
+                    environment(model, folder, clip, max_batch_images=str(limits[0])),
+                    PORT,
+                    out / f"imagegen-{model}.log",
+                )
+            )
+            stub = imagegen_pb2_grpc.ImageGenServiceStub(
+                services.enter_context(grpc.insecure_channel(address))
+            )
+            si_stub = None
+            if args.switch_interval_ms:
+                si_env = environment(model, folder, clip, gil_switch_interval_ms=str(args.switch_interval_ms))
+                si_env["THREEGEN_IMAGEGEN_PORT"] = str(PORT + 1)
+                si_address = services.enter_context(
+                    service_process("services.imagegen", si_env, PORT + 1, out / f"imagegen-{model}-si.log")
+                )
+                si_stub = imagegen_pb2_grpc.ImageGenServiceStub(
+                    services.enter_context(grpc.insecure_channel(si_address))
+                )
+            measured = {}
+            for v in (1, 4):
+                calls = {"in_process": local[v], "grpc": lambda v=v, s=stub, m=model: call(s, m, v, 7)}
+                for name, (variant, _) in variants.items():
+                    calls[f"in_process_{name}"] = variant[v]
+                if si_stub is not None:
+                    calls["grpc_si"] = lambda v=v, s=si_stub, m=model: call(s, m, v, 7, label="/si")
+                measured[v] = interleaved(calls, args.repeat)
+                print(
+                    model,
+                    v,
+                    "view(s):",
+                    {k: round(f["p50_ms"], 1) for k, f in measured[v].items()},
+                    flush=True,
+                )
+            stop_local()
+            for _, stop in variants.values():
+                stop()
+            del local, variants
+            free_gpu()
+            local = {v: measured[v]["in_process"] for v in (1, 4)}
+            remote = {v: measured[v]["grpc"] for v in (1, 4)}
+            report[f"{model}/interleaved"] = measured
             throughput(address, model, args.clients, 2.0)  # warm-up: kernels, allocator, cudnn plans
             batched = {
                 limits[0]: throughput(address, model, args.clients, args.seconds, f"{model}/{limits[0]}")
@@ -265,8 +287,6 @@ def main() -> None:
                 "ratio": ratio,
             }
         best = max(batched, key=batched.get)
-        if args.switch_interval_ms:
-            report[f"{model}/views1/switch_interval"] = switch_interval_run(args, model, folder, clip, out)
         report[f"{model}/throughput"] = {
             "batching": batched[best],
             "max_batch_images": best,
