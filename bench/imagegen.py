@@ -2,12 +2,11 @@
 
 For 1 and 4 views (1 step, 4 views re-ranked by CLIP) it times the engine in-process and the
 same request through the gRPC service running in its own process, and prints p50/p95 and the
-ratio; then images/s from 8 concurrent clients with dynamic batching on (for each batch
-limit in --max-batch) and off, with how many requests shared each forward pass. With
---channels-last-ab the in-process engine is also timed with NCHW activations.
+ratio (the two timed in turns); then images/s from 8 concurrent clients with dynamic batching
+on (for each batch limit in --max-batch) and off, with how many requests shared each pass.
 
     python -m bench.imagegen --out /tmp/bench [--models sd-turbo,sdxl-turbo] [--repeat 20] \
-        [--max-batch 8,4] [--channels-last-ab]
+        [--max-batch 4,8]
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import tempfile
 import threading
 import time
@@ -112,7 +110,6 @@ def engine(model: str, folder: Path, clip: Path, device: str, size: int, label: 
     from threegen.background import BackgroundRemover
 
     settings = ImageGenSettings.from_env(environment(model, folder, clip, **extra))
-    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)  # as the service process sets it
     store = ModelStore(settings, device)
     with store.use(model, pinned=True):
         pass
@@ -165,13 +162,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--max-batch", default="8", help="batch limits to measure throughput with, e.g. 8,4")
-    parser.add_argument("--channels-last-ab", action="store_true", help="also time the engine with NCHW")
     parser.add_argument(
-        "--switch-interval-ms",
-        type=float,
-        default=0.0,
-        help="also time requests through a second service with this GIL switch interval (Python's is 5)",
+        "--max-batch", default="4,8", help="batch limits to measure throughput with, e.g. 8,4"
     )
     parser.add_argument("--tiny", action="store_true", help="tiny checkpoints at 64 px: a smoke test on CPU")
     args = parser.parse_args()
@@ -196,11 +188,6 @@ def main() -> None:
             WRITERS[model](folder, args.device)
             print(f"wrote full-size {model} in {time.perf_counter() - started:.1f} s", flush=True)
         local, stop_local = engine(model, folder, clip, args.device, SIZE["value"])
-        variants = {}
-        if args.channels_last_ab:
-            variants["nchw"] = engine(
-                model, folder, clip, args.device, SIZE["value"], "/nchw", channels_last="0"
-            )
         limits = [int(n) for n in args.max_batch.split(",")]
         with contextlib.ExitStack() as services:
             address = services.enter_context(
@@ -214,23 +201,9 @@ def main() -> None:
             stub = imagegen_pb2_grpc.ImageGenServiceStub(
                 services.enter_context(grpc.insecure_channel(address))
             )
-            si_stub = None
-            if args.switch_interval_ms:
-                si_env = environment(model, folder, clip, gil_switch_interval_ms=str(args.switch_interval_ms))
-                si_env["THREEGEN_IMAGEGEN_PORT"] = str(PORT + 1)
-                si_address = services.enter_context(
-                    service_process("services.imagegen", si_env, PORT + 1, out / f"imagegen-{model}-si.log")
-                )
-                si_stub = imagegen_pb2_grpc.ImageGenServiceStub(
-                    services.enter_context(grpc.insecure_channel(si_address))
-                )
             measured = {}
             for v in (1, 4):
                 calls = {"in_process": local[v], "grpc": lambda v=v, s=stub, m=model: call(s, m, v, 7)}
-                for name, (variant, _) in variants.items():
-                    calls[f"in_process_{name}"] = variant[v]
-                if si_stub is not None:
-                    calls["grpc_si"] = lambda v=v, s=si_stub, m=model: call(s, m, v, 7, label="/si")
                 measured[v] = interleaved(calls, args.repeat)
                 print(
                     model,
@@ -240,9 +213,7 @@ def main() -> None:
                     flush=True,
                 )
             stop_local()
-            for _, stop in variants.values():
-                stop()
-            del local, variants
+            del local
             free_gpu()
             local = {v: measured[v]["in_process"] for v in (1, 4)}
             remote = {v: measured[v]["grpc"] for v in (1, 4)}

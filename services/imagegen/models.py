@@ -120,9 +120,6 @@ class ModelStore:
             pipe = AutoPipelineForText2Image.from_pretrained(str(folder), dtype=self.dtype, variant=variant)
             pipe.set_progress_bar_config(disable=True)
             pipe = pipe.to(self.device)
-            if self.device.startswith("cuda") and self.settings.channels_last:
-                for module in (pipe.unet, pipe.vae):
-                    module.to(memory_format=torch.channels_last)
         except ResourceExhausted:
             raise
         except Exception as exc:

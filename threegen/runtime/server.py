@@ -13,7 +13,6 @@ import concurrent.futures
 import contextlib
 import logging
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -279,6 +278,5 @@ async def serve(service: Service) -> None:
 def main(build: Callable[[], Service]) -> None:
     """Entry point of `python -m services.<name>`: configure logs, build, serve."""
     service = build()
-    sys.setswitchinterval(service.settings.gil_switch_interval_ms / 1000)
     configure_logs(service.name, service.settings.log_level, service.settings.log_format)
     asyncio.run(serve(service))

@@ -27,12 +27,6 @@ class ServerSettings(Settings):
         "json", "`json` (one object a line, with request ids) or `plain`.", fallback="LOG_FORMAT"
     )
     device: str = setting("auto", "Torch device: `auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`.")
-    gil_switch_interval_ms: float = setting(
-        0.5,
-        "Python's GIL switch interval (its default is 5 ms). Shorter lets the thread that launches GPU "
-        "kernels win the GIL back quickly from the threads serving gRPC: measured 113 -> 100 ms for an "
-        "SD-Turbo pass at 0.5 ms.",
-    )
     tls_cert: str = setting("", "PEM certificate chain: serve TLS instead of plaintext.")
     tls_key: str = setting("", "PEM private key of TLS_CERT.")
     tls_client_ca: str = setting("", "PEM CA bundle: require client certificates signed by it (mTLS).")
@@ -45,9 +39,6 @@ class ServerSettings(Settings):
         self.require(self.grace_seconds >= 0, "grace_seconds", "must be 0 or more")
         self.require(self.max_message_bytes >= 64 * 1024, "max_message_bytes", "must be at least 65536")
         self.require(self.log_format in ("json", "plain"), "log_format", "must be json or plain")
-        self.require(
-            0.05 <= self.gil_switch_interval_ms <= 100, "gil_switch_interval_ms", "must be 0.05..100"
-        )
         self.require(
             bool(self.tls_cert) == bool(self.tls_key), "tls_cert", "TLS_CERT and TLS_KEY go together"
         )
