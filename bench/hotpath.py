@@ -2,9 +2,9 @@
 
 Writes full-size random-weight SD-Turbo and TripoSR checkpoints in their real layouts, starts
 gateway, imagegen, recon and render as four processes on localhost, warms them, then times
-`--requests` Generate calls (p50, p95, per-stage breakdown from the result's timings), runs the
-same stages in one process (engines called directly, no gRPC) for the overhead ratio, and reads
-each service's GPU memory (nvidia-smi, per process).
+`--requests` Generate calls (p50, p95, per-stage breakdown from the result's timings), each
+followed by the same stages in this process (engines called directly, no gRPC) for the overhead
+ratio, and reads each service's GPU memory (nvidia-smi, per process).
 
     . bench/gpu_env.sh && python3 -m bench.hotpath --out "$OUT"
     python -m bench.hotpath --tiny --requests 3      # CPU smoke run on tiny checkpoints
@@ -95,8 +95,9 @@ def gpu_memory_by_pid() -> dict[int, int]:
     return found
 
 
-def in_process(folders: dict[str, Path], device: str, args) -> dict[str, list[float]]:
-    """The same three stages, engines called directly: image, mesh, GLB + MP4."""
+def in_process(folders: dict[str, Path], device: str, args):
+    """The same three stages, engines called directly: image, mesh, GLB + MP4. Returns a
+    function running them once for a seed and the dict of times it appends to, and a stop."""
     from services.imagegen.models import ClipScorer, LoraLibrary, ModelStore
     from services.imagegen.params import ImageParams
     from services.imagegen.pipeline import ImageGenerator
@@ -130,7 +131,8 @@ def in_process(folders: dict[str, Path], device: str, args) -> dict[str, list[fl
     renderer = RenderEngine()
     plan = RenderPlan(preview=PreviewParams(seconds=args.seconds, fps=args.fps, resolution=args.size))
     times: dict[str, list[float]] = {"imagegen": [], "recon": [], "render": [], "total": []}
-    for i in range(args.requests + 2):
+
+    def once(i: int, record: bool = True) -> None:
         started = time.perf_counter()
         params = ImageParams(prompt=PROMPT, seed=i, model="sd-turbo", steps=1, num_views=1, top_k=1,
                              width=args.size, height=args.size)  # fmt: skip
@@ -143,12 +145,12 @@ def in_process(folders: dict[str, Path], device: str, args) -> dict[str, list[fl
         t2 = time.perf_counter()
         renderer.run(RenderJob(output.artifacts[0].data, plan, "mesh.glb"), Reporter())
         t3 = time.perf_counter()
-        if i >= 2:  # two warm-ups
+        if record:
             for name, value in (("imagegen", t1 - started), ("recon", t2 - t1), ("render", t3 - t2),
                                 ("total", t3 - started)):  # fmt: skip
                 times[name].append(value)
-    generator.batcher.stop()
-    return times
+
+    return once, times, generator.batcher.stop
 
 
 def main() -> None:
@@ -228,8 +230,13 @@ def main() -> None:
             stack.enter_context(service_process(modules[name], variables, PORTS[name], out / f"{name}.log"))
         channel = stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{PORTS['gateway']}"))
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        local = None if args.skip_in_process else in_process(folders, device, args)
         for seed in range(3):
             call(stub, generate_request(1000 + seed, args.size, args.mc, args.seconds, args.fps))
+            if local:
+                local[0](1000 + seed, record=False)
+        # In turns, a request through the chain then the same stages in this process: drift of a
+        # lent machine over the run (it was up to 20%) falls on both alike.
         totals, firsts, stage_samples, sizes = [], [], {}, {}
         for seed in range(args.requests):
             seconds, first, stages, sizes = call(
@@ -239,6 +246,8 @@ def main() -> None:
             firsts.append(first)
             for name, value in stages.items():
                 stage_samples.setdefault(name, []).append(value)
+            if local:
+                local[0](seed)
         report["end_to_end"] = summary(totals)
         report["first_artifact_byte"] = summary(firsts)
         report["stages_p50_ms"] = {k: statistics.median(v) * 1000 for k, v in sorted(stage_samples.items())}
@@ -247,8 +256,10 @@ def main() -> None:
         report["gpu_memory_mib"] = memory
         print(json.dumps(report, indent=1), flush=True)
 
-    if not args.skip_in_process:
-        times = in_process(folders, device, args)
+        if local:
+            local[2]()
+    if local:
+        times = local[1]
         report["in_process_p50_ms"] = {k: statistics.median(v) * 1000 for k, v in times.items()}
         grpc_total = report["end_to_end"]["p50_ms"]
         report["grpc_overhead_ratio"] = grpc_total / report["in_process_p50_ms"]["total"] - 1

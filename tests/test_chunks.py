@@ -106,3 +106,27 @@ def test_collector_handles_interleaved_files_and_reports_unfinished() -> None:
     unfinished.add(a[0])
     with pytest.raises(InvalidArgument, match=r"never finished: a\.glb"):
         unfinished.check_complete()
+
+
+def test_relay_mode_keeps_the_senders_digest_and_still_checks_order() -> None:
+    """A relay (verify=False) passes the sender's digest on without hashing; the file's consumer
+    is the one that checks it. Order and size are still checked."""
+    data = bytes(range(256)) * 40
+    chunks = list(iter_chunks(Artifact("m.glb", data), chunk_bytes=1000))
+    chunks[-1].sha256 = "ab" * 32  # a relay does not notice; the consumer will
+    relay = ArtifactCollector("recon.chunk", verify=False)
+    finished = [relay.add(chunk) for chunk in chunks][-1]
+    assert finished is not None and finished.data == data and finished.sha256 == "ab" * 32
+    unsigned = list(iter_chunks(Artifact("m.glb", data), chunk_bytes=1000))
+    unsigned[-1].sha256 = ""
+    collector = ArtifactCollector(verify=False)
+    assert [collector.add(c) for c in unsigned][-1].sha256 == hashlib.sha256(data).hexdigest()
+    with pytest.raises(InvalidArgument) as caught:
+        reordered = ArtifactCollector("recon.chunk", verify=False)
+        for chunk in [chunks[1], chunks[0]]:
+            reordered.add(chunk)
+    assert fields_of(caught.value) == ["recon.chunk.offset"]
+    checking = ArtifactCollector("chunk")
+    with pytest.raises(InvalidArgument):
+        for chunk in chunks:
+            checking.add(chunk)

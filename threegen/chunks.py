@@ -80,17 +80,25 @@ def iter_chunks(artifact: Artifact, chunk_bytes: int = CHUNK_BYTES) -> Iterator[
 
 
 class FileAssembler:
-    """Reassembles one file from its chunks, checking order, size and digest."""
+    """Reassembles one file from its chunks, checking order, size and digest.
 
-    def __init__(self, field: str, max_bytes: int):
+    With verify=False the digest is not recomputed but taken from the last chunk: for relays
+    (the gateway between backends and clients) whose every byte is checked by the consumer it
+    goes to, and for streams this process wrote itself. Hashing 4 MiB meshes once per hop cost
+    the gateway's event loop ~7 ms a request on an H100 host.
+    """
+
+    def __init__(self, field: str, max_bytes: int, verify: bool = True):
         self.field = field
         self.max_bytes = max_bytes
+        self.verify = verify
         self.name = ""
         self.media_type = ""
         self.total_size: int | None = None
         self._parts: list[bytes] = []
         self._received = 0
         self._hash = hashlib.sha256()
+        self._digest = ""
         self.done = False
 
     def _fail(self, sub: str, description: str) -> InvalidArgument:
@@ -120,31 +128,37 @@ class FileAssembler:
         if self._received + len(chunk.data) > self.total_size:
             raise self._fail("data", f"more bytes than total_size {self.total_size}")
         self._parts.append(chunk.data)
-        self._hash.update(chunk.data)
+        if self.verify:
+            self._hash.update(chunk.data)
         self._received += len(chunk.data)
         if chunk.last:
             if self._received != self.total_size:
                 raise self._fail("last", f"file ended after {self._received} of {self.total_size} bytes")
-            digest = self._hash.hexdigest()
+            self.done = True
+            if not self.verify:  # trusted: the sender's digest, or one made here if it sent none
+                self._digest = chunk.sha256.lower() or hashlib.sha256(b"".join(self._parts)).hexdigest()
+                return
+            digest = self._digest = self._hash.hexdigest()
             if chunk.sha256.lower() != digest:
+                self.done = False
                 got = chunk.sha256 or "(empty)"
                 raise self._fail("sha256", f"digest {got} does not match the data received ({digest})")
-            self.done = True
 
     def result(self) -> Artifact:
         if not self.done:
             if self.total_size is None:
                 raise InvalidArgument([(self.field, "no chunks were sent")])
             raise self._fail("last", f"stream ended after {self._received} of {self.total_size} bytes")
-        return Artifact(self.name, b"".join(self._parts), self.media_type, self._hash.hexdigest())
+        return Artifact(self.name, b"".join(self._parts), self.media_type, self._digest)
 
 
 class ArtifactCollector:
     """Collects several files arriving interleaved or one after another (client side)."""
 
-    def __init__(self, field: str = "chunk", max_bytes: int = 1 << 34):
+    def __init__(self, field: str = "chunk", max_bytes: int = 1 << 34, verify: bool = True):
         self.field = field
         self.max_bytes = max_bytes
+        self.verify = verify
         self._open: dict[str, FileAssembler] = {}
         self.finished: dict[str, Artifact] = {}
 
@@ -154,7 +168,7 @@ class ArtifactCollector:
         if assembler is None:
             if chunk.name in self.finished:
                 raise InvalidArgument([(f"{self.field}.name", f"file {chunk.name!r} was already completed")])
-            assembler = self._open[chunk.name] = FileAssembler(self.field, self.max_bytes)
+            assembler = self._open[chunk.name] = FileAssembler(self.field, self.max_bytes, self.verify)
         assembler.add(chunk)
         if assembler.done:
             del self._open[chunk.name]
