@@ -25,7 +25,7 @@ COLOR_TYPES = {3: 2, 4: 6}  # channels -> PNG colour type (truecolour, truecolou
 STRIPE_BYTES = 128 * 1024  # below this a thread hand-off costs more than it saves
 WINDOW = 32 * 1024  # deflate's history: the dictionary each stripe is primed with
 WORKERS = min(8, os.cpu_count() or 1)
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="png")  # threads start on use
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
@@ -49,12 +49,9 @@ def _zlib_stream(data: bytes, level: int, stripes: int) -> bytes:
     if stripes <= 1:
         compressor = zlib.compressobj(level, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
         return compressor.compress(data) + compressor.flush()
-    global _pool
-    if _pool is None:
-        _pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="png")
     view = memoryview(data)
     bounds = [len(data) * i // stripes for i in range(stripes + 1)]
-    parts = _pool.map(
+    parts = _POOL.map(
         lambda i: _deflate_stripe(view, bounds[i], bounds[i + 1], level, i == stripes - 1), range(stripes)
     )
     # zlib header: deflate, 32 KiB window, FLEVEL by level, FCHECK making it a multiple of 31

@@ -5,9 +5,8 @@ batch key (model, size, steps, guidance, LoRAs) up to an image limit, and runs t
 batch. While the GPU is busy, new requests pile up and are batched as soon as it frees. Under
 concurrent load (the last batch had several members, or others are already waiting) an idle
 GPU also waits for more, until a batch window passes with no new arrival; a lone client never
-pays that wait. A request
-cancelled while queued leaves the queue; one cancelled inside a batch stops receiving
-progress, and the batch stops if every member has gone.
+pays that wait. A request cancelled while queued leaves the queue; one cancelled inside a
+batch stops receiving progress, and the batch stops if every member has gone.
 """
 
 from __future__ import annotations
