@@ -220,3 +220,52 @@ def test_lru_evicts_idle_models_and_refuses_what_cannot_fit(tiny) -> None:
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "GPU budget" in caught.value.details()
         generate(server, imagegen_pb2.GenerateRequest(prompt="still serving", options=options()))
+
+
+def test_a_failed_rerank_fails_only_its_own_request_of_the_batch(tiny, monkeypatch) -> None:
+    """Re-ranking runs on the GPU thread for the whole batch; one member's CLIP failure must
+    reach that member only."""
+    from services.imagegen.models import ClipScorer, LoraLibrary, ModelStore
+    from services.imagegen.params import ImageParams
+    from services.imagegen.pipeline import ImageGenerator
+    from services.imagegen.settings import ImageGenSettings
+    from threegen.background import BackgroundRemover
+    from threegen.errors import Unavailable
+    from threegen.runtime.work import Reporter
+
+    settings = ImageGenSettings.from_env({}, sd_turbo_model=str(tiny["sd-turbo"]))
+    clip = ClipScorer(str(tiny["clip"]), "cpu")
+    clip.load()
+    real_scores = clip.scores
+
+    def scores(prompt: str, images: torch.Tensor) -> list[float]:
+        if prompt == "broken":
+            raise RuntimeError("CUDA out of memory in CLIP")
+        return real_scores(prompt, images)
+
+    monkeypatch.setattr(clip, "scores", scores)
+    generator = ImageGenerator(
+        ModelStore(settings, "cpu"), LoraLibrary(""), clip, BackgroundRemover(), 0.5, 8
+    )
+    generator.batcher.last_batch_size = 2  # under load: the window gathers both requests
+    outcomes: dict[str, object] = {}
+
+    def run(prompt: str) -> None:
+        params = ImageParams(
+            prompt=prompt, seed=3, model="sd-turbo", steps=1, num_views=2, top_k=2, width=64, height=64
+        )
+        try:
+            outcomes[prompt] = generator.generate(params, Reporter())
+        except Unavailable as exc:
+            outcomes[prompt] = exc
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in ("a chair", "broken")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    generator.batcher.stop()
+    good, bad = outcomes["a chair"], outcomes["broken"]
+    assert isinstance(bad, Unavailable) and "CLIP re-ranking failed" in str(bad)
+    assert good.batch_size == 2 and len(good.views) == 2
+    assert {v.candidate for v in good.views} == {0, 1} and any(v.clip_score != 0 for v in good.views)

@@ -44,6 +44,7 @@ class BatchShare:
     rerank: float
     readback: float = 0.0
     pixels: np.ndarray | None = None
+    error: Exception | None = None
 
 
 @dataclass
@@ -114,12 +115,15 @@ class ImageGenerator:
         shares, offset = [], 0
         for ticket in tickets:
             count = ticket.params.num_views
-            scores, rerank = [0.0] * count, 0.0
+            share = BatchShare(offset, count, [0.0] * count, diffusion, 0.0)
             if count > 1 and not ticket.gone:
                 rerank_started = time.perf_counter()
-                scores = self.clip.scores(ticket.params.prompt, images[offset : offset + count])
-                rerank = time.perf_counter() - rerank_started
-            shares.append(BatchShare(offset, count, scores, diffusion, rerank))
+                try:
+                    share.scores = self.clip.scores(ticket.params.prompt, images[offset : offset + count])
+                except Exception as exc:  # this request fails; the others of the batch go on
+                    share.error = exc
+                share.rerank = time.perf_counter() - rerank_started
+            shares.append(share)
             offset += count
         copy_started = time.perf_counter()
         pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -140,6 +144,8 @@ class ImageGenerator:
         reporter.progress("queued", 0.0, "waiting for the GPU")
         ticket = self.batcher.submit(params, reporter.span(0.0, 0.85), params.num_views, params.batch_key())
         share: BatchShare = ticket.result
+        if share.error is not None:
+            raise Unavailable(f"CLIP re-ranking failed: {share.error}") from share.error
         own = share.diffusion + share.rerank + share.readback
         timings = [("wait", time.perf_counter() - queued - own), ("diffusion", share.diffusion)]
         if share.count > 1:
