@@ -45,11 +45,12 @@ def encode_png(image: Image.Image | np.ndarray, level: int = 1) -> bytes:
     """PNG bytes of an RGB or RGBA image (see threegen.png: several times faster than PIL's)."""
     from threegen import png
 
-    pixels = np.asarray(
-        image
-        if isinstance(image, np.ndarray)
-        else image.convert("RGBA" if image.mode in ("RGBA", "LA", "PA") else "RGB")
-    )
+    if isinstance(image, np.ndarray):
+        pixels = image
+    elif image.mode in ("RGB", "RGBA"):
+        pixels = np.asarray(image)  # no conversion copy
+    else:
+        pixels = np.asarray(image.convert("RGBA" if image.mode in ("LA", "PA") else "RGB"))
     return png.encode(pixels, level)
 
 

@@ -28,8 +28,14 @@ WORKERS = min(8, os.cpu_count() or 1)
 _POOL = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="png")  # threads start on use
 
 
-def _chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+def _chunk(kind: bytes, payload: bytes) -> list[bytes]:
+    """A PNG chunk as parts, joined once with the rest of the file (no copy of the payload here)."""
+    return [
+        struct.pack(">I", len(payload)),
+        kind,
+        payload,
+        struct.pack(">I", zlib.crc32(payload, zlib.crc32(kind))),
+    ]
 
 
 def _deflate_stripe(data: memoryview, start: int, end: int, level: int, last: bool) -> bytes:
@@ -45,11 +51,11 @@ def _deflate_stripe(data: memoryview, start: int, end: int, level: int, last: bo
     return body + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
 
-def _zlib_stream(data: bytes, level: int, stripes: int) -> bytes:
+def _zlib_stream(data: memoryview, level: int, stripes: int) -> bytes:
     if stripes <= 1:
         compressor = zlib.compressobj(level, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
         return compressor.compress(data) + compressor.flush()
-    view = memoryview(data)
+    view = data
     bounds = [len(data) * i // stripes for i in range(stripes + 1)]
     parts = _POOL.map(
         lambda i: _deflate_stripe(view, bounds[i], bounds[i + 1], level, i == stripes - 1), range(stripes)
@@ -71,8 +77,8 @@ def encode(pixels: np.ndarray, level: int = 1, threads: int | None = None) -> by
     filtered[:, 0] = 1  # filter type Sub: each byte minus the byte one pixel to its left
     filtered[:, 1 : channels + 1] = rows[:, :channels]
     np.subtract(rows[:, channels:], rows[:, :-channels], out=filtered[:, channels + 1 :], dtype=np.uint8)
-    raw = filtered.tobytes()
-    stripes = max(1, min(threads or WORKERS, len(raw) // STRIPE_BYTES))
+    raw = memoryview(filtered.reshape(-1))
+    stripes = max(1, min(threads or WORKERS, filtered.nbytes // STRIPE_BYTES))
     data = _zlib_stream(raw, level, stripes)
     header = struct.pack(">IIBBBBB", width, height, 8, COLOR_TYPES[channels], 0, 0, 0)
-    return SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+    return b"".join([SIGNATURE, *_chunk(b"IHDR", header), *_chunk(b"IDAT", data), *_chunk(b"IEND", b"")])
