@@ -11,7 +11,6 @@ import concurrent.futures
 import math
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from threegen.errors import InvalidArgument
 from threegen.geometry import Stats, export_mesh, mesh_stats
 from threegen.images import encode_png
 from threegen.runtime.work import Reporter
+from threegen.stopwatch import Laps
 
 YFOV = math.radians(40.0)
 SHARP_EDGE_FACE_LIMIT = 20_000
@@ -310,14 +310,7 @@ class RenderEngine:
 
     def run(self, job: RenderJob, reporter: Reporter) -> RenderOutput:
         plan = job.plan
-        timings: list[tuple[str, float]] = []
-        clock = time.perf_counter()
-
-        def lap(step: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            timings.append((step, now - clock))
-            clock = now
+        lap = Laps()
 
         geometry = loaded = load_geometry(job.data, job.name, job.kind)
         reporter.progress("load", 0.05)
@@ -381,4 +374,4 @@ class RenderEngine:
             stats = geometry.stats() if isinstance(geometry, Points) else mesh_stats(geometry)
         lap("stats")
         reporter.progress("done", 1.0)
-        return RenderOutput(artifacts, stats, timings, frame_count)
+        return RenderOutput(artifacts, stats, lap.timings, frame_count)

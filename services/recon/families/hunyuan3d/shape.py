@@ -11,7 +11,6 @@ scikit-image on the CPU.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +22,7 @@ from services.recon.families.hunyuan3d.layout import ShapeFiles
 from services.recon.families.placement import Component, Mode, Stager
 from services.recon.isosurface import marching_cubes
 from threegen.runtime.work import Reporter
+from threegen.stopwatch import Laps
 
 log = logging.getLogger("threegen.recon.hunyuan3d")
 
@@ -84,16 +84,7 @@ class ShapeModel:
     @torch.inference_mode()
     def generate(self, image: Image.Image, params: ShapeParams, modes: dict[str, Mode], reporter: Reporter):
         pipe = self.pipeline
-        timings: list[tuple[str, float]] = []
-        started = time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal started
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            now = time.perf_counter()
-            timings.append((name, now - started))
-            started = now
+        lap = Laps(self.device)
 
         with self.stager.request(modes):
             inputs = pipe.prepare_image(image)
@@ -151,7 +142,7 @@ class ShapeModel:
             # Grid index i sits at -BOX + i * 2 * BOX / R.
             vertices = vertices * (2 * BOX / params.octree_resolution) - BOX
             lap("marching_cubes")
-        return ShapeResult(vertices.astype(np.float32), faces.astype(np.int64), timings)
+        return ShapeResult(vertices.astype(np.float32), faces.astype(np.int64), lap.timings)
 
     def component_bytes(self) -> dict[str, Component]:
         return self.stager.components

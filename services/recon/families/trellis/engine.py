@@ -10,7 +10,6 @@ mean/std. Noise comes from a per-request generator (upstream seeds the global RN
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from services.recon.families.trellis.meshing import Mesh, features_to_mesh
 from services.recon.gaussians import Splats, activate
 from threegen.errors import InvalidArgument
 from threegen.runtime.work import Reporter
+from threegen.stopwatch import Laps
 from threegen.weights import WeightsNotFound, resolve
 
 log = logging.getLogger("threegen.recon.trellis")
@@ -215,16 +215,7 @@ class TrellisEngine:
     def run(
         self, image: Image.Image | None, prompt: str, params: TrellisParams, reporter: Reporter
     ) -> TrellisResult:
-        timings: list[tuple[str, float]] = []
-        started = time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal started
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            now = time.perf_counter()
-            timings.append((name, now - started))
-            started = now
+        lap = Laps(self.device)
 
         cond = self.encode_image(image) if self.kind == "image" else self.encode_text(prompt)
         neg = torch.zeros_like(cond) if self.kind == "image" else self.encode_text("")
@@ -268,4 +259,4 @@ class TrellisEngine:
             splats = activate(raw, decoder.rep_config)
             lap("decode_gaussians")
             reporter.progress("decode_gaussians", 0.95)
-        return TrellisResult(mesh, splats, int(coords.shape[0]), timings)
+        return TrellisResult(mesh, splats, int(coords.shape[0]), lap.timings)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,6 +12,7 @@ from services.recon.families.triposr.loader import LoadedTripoSR
 from services.recon.families.triposr.preprocess import prepare
 from services.recon.isosurface import marching_cubes
 from threegen.runtime.work import Reporter
+from threegen.stopwatch import Laps
 
 # TripoSR's frame is +z up; glTF (and every viewer) is +y up. This maps (x, y, z) to
 # (-y, z, -x), the orientation the reference demo displays its meshes in.
@@ -68,16 +68,7 @@ class TripoSREngine:
 
     @torch.inference_mode()
     def reconstruct(self, image: Image.Image, params: TripoSRParams, reporter: Reporter) -> MeshOutput:
-        timings: list[tuple[str, float]] = []
-        clock = time.perf_counter()
-
-        def lap(step: str) -> None:
-            nonlocal clock
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            now = time.perf_counter()
-            timings.append((step, now - clock))
-            clock = now
+        lap = Laps(self.device)
 
         size = self.model.config.cond_image_size
         pixels = prepare(image, size, params.foreground_ratio, self.device).to(self.dtype)
@@ -118,4 +109,4 @@ class TripoSREngine:
         rgb = (torch.cat(colours).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         lap("colors")
 
-        return MeshOutput(world @ Z_UP_TO_Y_UP.T, faces, rgb, timings, closed)
+        return MeshOutput(world @ Z_UP_TO_Y_UP.T, faces, rgb, lap.timings, closed)
