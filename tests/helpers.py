@@ -45,20 +45,26 @@ def triposr(mc_resolution: int) -> recon_pb2.ReconOptions:
     return recon_pb2.ReconOptions(triposr=recon_pb2.TripoSROptions(mc_resolution=mc_resolution))
 
 
-def reconstruct(server, image: bytes | None, options: recon_pb2.ReconOptions, timeout: float = 120, **params):
+def collect(responses):
+    """A backend's response stream (progress / chunk / result events) -> (files by name, result,
+    progress events); every file must have arrived whole."""
     collector, result, progress = ArtifactCollector(), None, []
-    with server.channel() as channel:
-        for response in recon_pb2_grpc.ReconServiceStub(channel).Reconstruct(
-            recon_requests(image, options, **params), timeout=timeout
-        ):
-            kind = response.WhichOneof("event")
-            if kind == "chunk":
-                collector.add(response.chunk)
-            elif kind == "progress":
-                progress.append(response.progress)
-            else:
-                result = response.result
+    for response in responses:
+        kind = response.WhichOneof("event")
+        if kind == "chunk":
+            collector.add(response.chunk)
+        elif kind == "progress":
+            progress.append(response.progress)
+        else:
+            result = response.result
+    collector.check_complete()
     return collector.finished, result, progress
+
+
+def reconstruct(server, image: bytes | None, options: recon_pb2.ReconOptions, timeout: float = 120, **params):
+    with server.channel() as channel:
+        stub = recon_pb2_grpc.ReconServiceStub(channel)
+        return collect(stub.Reconstruct(recon_requests(image, options, **params), timeout=timeout))
 
 
 def steps(progress) -> list[str]:

@@ -6,23 +6,14 @@ import io
 
 from PIL import Image
 
-from threegen.chunks import ArtifactCollector
+from tests.helpers import collect
 from threegen.common.v1 import common_pb2
 from threegen.imagegen.v1 import imagegen_pb2, imagegen_pb2_grpc
 
 
 def generate(server, request: imagegen_pb2.GenerateRequest):
-    collector, result, progress = ArtifactCollector(), None, []
     with server.channel() as channel:
-        for response in imagegen_pb2_grpc.ImageGenServiceStub(channel).Generate(request, timeout=60):
-            kind = response.WhichOneof("event")
-            if kind == "chunk":
-                collector.add(response.chunk)
-            elif kind == "progress":
-                progress.append(response.progress)
-            else:
-                result = response.result
-    return collector.finished, result, progress
+        return collect(imagegen_pb2_grpc.ImageGenServiceStub(channel).Generate(request, timeout=60))
 
 
 def test_seeded_images_repeat_and_steps_are_reported(stack) -> None:

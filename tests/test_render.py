@@ -9,7 +9,8 @@ import numpy as np
 import trimesh
 from PIL import Image
 
-from threegen.chunks import Artifact, ArtifactCollector, iter_chunks
+from tests.helpers import collect
+from threegen.chunks import Artifact, iter_chunks
 from threegen.geometry import export_mesh
 from threegen.render.v1 import render_pb2, render_pb2_grpc
 
@@ -20,18 +21,8 @@ def render(server, mesh_bytes: bytes, options: render_pb2.RenderOptions, name: s
         for chunk in iter_chunks(Artifact(name, mesh_bytes), chunk_bytes=64 * 1024):
             yield render_pb2.RenderRequest(geometry=chunk)
 
-    collector, result, progress = ArtifactCollector(), None, []
     with server.channel() as channel:
-        for response in render_pb2_grpc.RenderServiceStub(channel).Render(requests(), timeout=120):
-            kind = response.WhichOneof("event")
-            if kind == "chunk":
-                collector.add(response.chunk)
-            elif kind == "progress":
-                progress.append(response.progress)
-            else:
-                result = response.result
-    collector.check_complete()
-    return collector.finished, result, progress
+        return collect(render_pb2_grpc.RenderServiceStub(channel).Render(requests(), timeout=120))
 
 
 def red_box() -> trimesh.Trimesh:
