@@ -59,3 +59,22 @@ class ServiceProcess:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def gateway_process(stack, data_dir: Path, **settings: str) -> ServiceProcess:
+    """A gateway in its own process, in front of the in-test stack's backends, on a free port;
+    `settings` are extra THREEGEN_GATEWAY_* values (name in lower case). Not started yet."""
+    from threegen.stack import free_port
+
+    port = free_port()
+    env = {
+        "THREEGEN_GATEWAY_PORT": str(port),
+        "THREEGEN_GATEWAY_HOST": "127.0.0.1",
+        "THREEGEN_GATEWAY_DATA_DIR": str(data_dir / "jobs"),
+        "THREEGEN_GATEWAY_IMAGEGEN_ADDRESS": stack.imagegen.address,
+        "THREEGEN_GATEWAY_RECON_ADDRESS": stack.recon.address,
+        "THREEGEN_GATEWAY_RENDER_ADDRESS": stack.render.address,
+        "THREEGEN_GATEWAY_LOG_FORMAT": "plain",
+        **{f"THREEGEN_GATEWAY_{name.upper()}": value for name, value in settings.items()},
+    }
+    return ServiceProcess("gateway", env, port, data_dir / "gateway.log")

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from tests.conftest import gateway_service
-from tests.reliability.processes import ServiceProcess
+from tests.reliability.processes import ServiceProcess, gateway_process
 from tests.servers import serving
 from tests.test_end_to_end import run_generate, small_request
 from tests.test_gateway_jobs import slow_request, wait_status
@@ -58,18 +58,7 @@ def test_backend_killed_mid_stream_gives_unavailable_then_recovers(stack, tiny, 
 
 
 def test_gateway_killed_with_jobs_queued_and_running_resumes_them(stack, tmp_path) -> None:
-    port = free_port()
-    env = {
-        "THREEGEN_GATEWAY_PORT": str(port),
-        "THREEGEN_GATEWAY_HOST": "127.0.0.1",
-        "THREEGEN_GATEWAY_DATA_DIR": str(tmp_path / "jobs"),
-        "THREEGEN_GATEWAY_JOB_WORKERS": "1",
-        "THREEGEN_GATEWAY_IMAGEGEN_ADDRESS": stack.imagegen.address,
-        "THREEGEN_GATEWAY_RECON_ADDRESS": stack.recon.address,
-        "THREEGEN_GATEWAY_RENDER_ADDRESS": stack.render.address,
-        "THREEGEN_GATEWAY_LOG_FORMAT": "plain",
-    }
-    gateway = ServiceProcess("gateway", env, port, tmp_path / "gateway.log").start()
+    gateway = gateway_process(stack, tmp_path, job_workers="1").start()
     try:
         with grpc.insecure_channel(gateway.address) as channel:
             stub = gateway_pb2_grpc.GatewayServiceStub(channel)

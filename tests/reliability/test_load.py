@@ -13,10 +13,9 @@ from pathlib import Path
 
 import grpc
 
-from tests.reliability.processes import ServiceProcess
+from tests.reliability.processes import gateway_process
 from tests.test_end_to_end import small_request
 from threegen.gateway.v1 import gateway_pb2_grpc
-from threegen.stack import free_port
 
 CLIENTS = 200
 WAVES = 3
@@ -57,19 +56,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def test_200_concurrent_clients_get_ok_or_resource_exhausted_and_memory_stays_flat(stack, tmp_path) -> None:
-    port = free_port()
-    env = {
-        "THREEGEN_GATEWAY_PORT": str(port),
-        "THREEGEN_GATEWAY_HOST": "127.0.0.1",
-        "THREEGEN_GATEWAY_DATA_DIR": str(tmp_path / "jobs"),
-        "THREEGEN_GATEWAY_MAX_CONCURRENT": "2",
-        "THREEGEN_GATEWAY_MAX_QUEUED": "4",
-        "THREEGEN_GATEWAY_IMAGEGEN_ADDRESS": stack.imagegen.address,
-        "THREEGEN_GATEWAY_RECON_ADDRESS": stack.recon.address,
-        "THREEGEN_GATEWAY_RENDER_ADDRESS": stack.render.address,
-        "THREEGEN_GATEWAY_LOG_FORMAT": "plain",
-    }
-    gateway = ServiceProcess("gateway", env, port, tmp_path / "gateway.log").start()
+    gateway = gateway_process(stack, tmp_path, max_concurrent="2", max_queued="4").start()
     try:
         pid = gateway.process.pid
         rss = [rss_mib(pid)]
