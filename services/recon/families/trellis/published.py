@@ -74,20 +74,24 @@ def sampler(steps: int, cfg: float) -> dict:
     }
 
 
+def _pipeline(name: str, models: dict, guidance: float, **condition: str) -> dict:
+    """pipeline.json: checkpoint paths, both samplers at 25 steps, the conditioning model."""
+    return {
+        "name": name,
+        "args": {
+            "models": {key: f"ckpts/{stem}" for key, (stem, _, _) in models.items()},
+            "sparse_structure_sampler": sampler(25, guidance),
+            "slat_sampler": sampler(25, guidance),
+            "slat_normalization": SLAT_NORMALIZATION,
+            **condition,
+        },
+    }
+
+
 def image_large() -> tuple[dict, dict[str, tuple[str, str, dict]]]:
     """(pipeline.json, {key: (stem, class, args)}) of TRELLIS-image-large."""
     models = dict(IMAGE_LARGE_MODELS)
-    pipeline = {
-        "name": "TrellisImageTo3DPipeline",
-        "args": {
-            "models": {key: f"ckpts/{stem}" for key, (stem, _, _) in models.items()},
-            "sparse_structure_sampler": sampler(25, 5.0),
-            "slat_sampler": sampler(25, 5.0),
-            "slat_normalization": SLAT_NORMALIZATION,
-            "image_cond_model": "dinov2_vitl14_reg",
-        },
-    }
-    return pipeline, models
+    return _pipeline("TrellisImageTo3DPipeline", models, 5.0, image_cond_model="dinov2_vitl14_reg"), models
 
 
 def text(size: str = "xlarge") -> tuple[dict, dict[str, tuple[str, str, dict]]]:
@@ -103,14 +107,7 @@ def text(size: str = "xlarge") -> tuple[dict, dict[str, tuple[str, str, dict]]]:
         "SLatFlowModel",
         dict(slat_base, **slat),
     )
-    pipeline = {
-        "name": "TrellisTextTo3DPipeline",
-        "args": {
-            "models": {key: f"ckpts/{stem}" for key, (stem, _, _) in models.items()},
-            "sparse_structure_sampler": sampler(25, 7.5),
-            "slat_sampler": sampler(25, 7.5),
-            "slat_normalization": SLAT_NORMALIZATION,
-            "text_cond_model": "openai/clip-vit-large-patch14",
-        },
-    }
+    pipeline = _pipeline(
+        "TrellisTextTo3DPipeline", models, 7.5, text_cond_model="openai/clip-vit-large-patch14"
+    )
     return pipeline, models
