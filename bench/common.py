@@ -58,7 +58,7 @@ def service_process(module: str, env: dict[str, str], port: int, log: Path, time
         **os.environ,
         **env,
         "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": f"{REPO}:{env.get('PYTHONPATH', os.environ.get('PYTHONPATH', ''))}",
+        "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}",
     }
     with open(log, "wb") as out:
         process = subprocess.Popen(
