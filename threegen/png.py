@@ -55,10 +55,9 @@ def _zlib_stream(data: memoryview, level: int, stripes: int) -> bytes:
     if stripes <= 1:
         compressor = zlib.compressobj(level, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
         return compressor.compress(data) + compressor.flush()
-    view = data
     bounds = [len(data) * i // stripes for i in range(stripes + 1)]
     parts = _POOL.map(
-        lambda i: _deflate_stripe(view, bounds[i], bounds[i + 1], level, i == stripes - 1), range(stripes)
+        lambda i: _deflate_stripe(data, bounds[i], bounds[i + 1], level, i == stripes - 1), range(stripes)
     )
     # zlib header: deflate, 32 KiB window, FLEVEL by level, FCHECK making it a multiple of 31
     flevel = 0 if level < 2 else (1 if level < 6 else (2 if level == 6 else 3))
