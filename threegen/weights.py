@@ -18,6 +18,32 @@ class WeightsNotFound(FileNotFoundError):
     """The weights named by a setting cannot be found locally nor fetched."""
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint's keys or shapes do not match the architecture its config describes."""
+
+
+def check_state_dict(model: object, state: dict, what: str) -> None:
+    """Strict loading with a useful refusal: say which keys are missing, unexpected or of
+    another shape (a few of each) instead of torch's wall of names. `what` opens the message."""
+    expected = model.state_dict()  # type: ignore[attr-defined]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:5])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:5])}")
+    if wrong:
+        problems.append(f"{len(wrong)} key(s) with other shapes, e.g. {'; '.join(wrong[:3])}")
+    if problems:
+        raise CheckpointMismatch(f"{what}: " + "; ".join(problems))
+
+
 def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 

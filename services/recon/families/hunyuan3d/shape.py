@@ -23,14 +23,11 @@ from services.recon.families.placement import Component, Mode, Stager
 from services.recon.isosurface import marching_cubes
 from threegen.runtime.work import Reporter
 from threegen.stopwatch import Laps
+from threegen.weights import CheckpointMismatch
 
 log = logging.getLogger("threegen.recon.hunyuan3d")
 
 BOX = 1.01  # half-extent of the decoded volume, as upstream
-
-
-class CheckpointMismatch(ValueError):
-    """The checkpoint does not fit the architecture that config.yaml describes."""
 
 
 @dataclass

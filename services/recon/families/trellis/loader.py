@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from services.recon.families.trellis.networks import CLASSES
-from threegen.weights import WeightsNotFound, resolve
+from threegen.weights import CheckpointMismatch, WeightsNotFound, check_state_dict, resolve
 
 log = logging.getLogger("threegen.recon.trellis")
 
@@ -32,10 +32,6 @@ NEEDED = (
     "slat_decoder_mesh",
     "slat_decoder_gs",
 )
-
-
-class CheckpointMismatch(ValueError):
-    """A checkpoint's tensors do not match the architecture its JSON describes."""
 
 
 @dataclass
@@ -90,21 +86,6 @@ def build(stem: Path, dtype: torch.dtype, device: torch.device | str = "cpu") ->
         raise CheckpointMismatch(f"{stem.name}.json names {spec['name']}, which threegen does not implement")
     model = CLASSES[name](**spec["args"])
     state = load_file(str(stem.with_suffix(".safetensors")))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        details = []
-        if missing:
-            details.append(f"{len(missing)} missing, e.g. {', '.join(missing[:4])}")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected, e.g. {', '.join(unexpected[:4])}")
-        if wrong:
-            shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:3]]
-            details.append(f"{len(wrong)} with other shapes, e.g. {'; '.join(shapes)}")
-        raise CheckpointMismatch(
-            f"{stem.name}.safetensors does not match {stem.name}.json: " + "; ".join(details)
-        )
+    check_state_dict(model, state, f"{stem.name}.safetensors does not match {stem.name}.json")
     model.load_state_dict(state, strict=True)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

@@ -16,16 +16,12 @@ import torch
 
 from services.recon.families.triposr.config import TripoSRConfig, load_config
 from services.recon.families.triposr.model import TripoSR
-from threegen.weights import WeightsNotFound, resolve
+from threegen.weights import CheckpointMismatch, WeightsNotFound, check_state_dict, resolve
 
 log = logging.getLogger("threegen.recon.triposr")
 
 CONFIG_NAME = "config.yaml"
 WEIGHTS_NAME = "model.ckpt"
-
-
-class CheckpointMismatch(ValueError):
-    """The checkpoint's keys or shapes do not match the architecture its config describes."""
 
 
 @dataclass
@@ -55,26 +51,6 @@ def vit_config(config: TripoSRConfig, folder: Path) -> object:
         ) from exc
 
 
-def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:5])}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:5])}")
-    if wrong:
-        problems.append(f"{len(wrong)} shape mismatch(es), e.g. {'; '.join(wrong[:3])}")
-    if problems:
-        raise CheckpointMismatch("model.ckpt does not match config.yaml: " + "; ".join(problems))
-
-
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -98,7 +74,7 @@ def load(source: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -
     with torch.device("meta"):
         model = TripoSR(config, vit_config(config, folder))
     state = read_state_dict(folder / WEIGHTS_NAME)
-    check_state_dict(model, state)
+    check_state_dict(model, state, "model.ckpt does not match config.yaml")
     model.load_state_dict(state, strict=True, assign=True)
     # Non-persistent buffers are not in the checkpoint; rebuild them on the real device.
     model.image_tokenizer.register_buffer(
