@@ -46,7 +46,7 @@ def triposr(mc_resolution: int) -> recon_pb2.ReconOptions:
 
 
 def collect(responses):
-    """A backend's response stream (progress / chunk / result events) -> (files by name, result,
+    """A service's response stream (progress / chunk / result events) -> (files by name, result,
     progress events); every file must have arrived whole."""
     collector, result, progress = ArtifactCollector(), None, []
     for response in responses:
@@ -56,6 +56,7 @@ def collect(responses):
         elif kind == "progress":
             progress.append(response.progress)
         else:
+            assert result is None, "exactly one result, last"
             result = response.result
     collector.check_complete()
     return collector.finished, result, progress

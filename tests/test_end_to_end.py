@@ -10,7 +10,7 @@ import grpc
 import pytest
 import trimesh
 
-from threegen.chunks import ArtifactCollector
+from tests.helpers import collect
 from threegen.common.v1 import common_pb2
 from threegen.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from threegen.imagegen.v1 import imagegen_pb2
@@ -19,20 +19,11 @@ from threegen.render.v1 import render_pb2
 
 
 def run_generate(address: str, request: gateway_pb2.GenerateRequest, timeout: float = 120):
-    progress, result = [], None
-    collector = ArtifactCollector()
     with grpc.insecure_channel(address) as channel:
-        for response in gateway_pb2_grpc.GatewayServiceStub(channel).Generate(request, timeout=timeout):
-            kind = response.WhichOneof("event")
-            if kind == "progress":
-                progress.append(response.progress)
-            elif kind == "chunk":
-                collector.add(response.chunk)
-            else:
-                assert result is None, "exactly one result, last"
-                result = response.result
-    collector.check_complete()
-    return progress, collector.finished, result
+        files, result, progress = collect(
+            gateway_pb2_grpc.GatewayServiceStub(channel).Generate(request, timeout=timeout)
+        )
+    return progress, files, result
 
 
 def small_request(seed: int = 7, **kwargs) -> gateway_pb2.GenerateRequest:
