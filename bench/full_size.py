@@ -445,3 +445,38 @@ def write_trellis(root: Path, device: str = "cuda", text_size: str = "xlarge") -
         _text(CLIPTextModel, CLIP_L_TEXT).save_pretrained(folders["clip"])
     torch.cuda.empty_cache()
     return folders
+
+
+def write_sam3d(root: Path, device: str = "cuda") -> Path:
+    """facebook/sam-3d-objects' layout at full size (3.2 B parameters, fp16 as published) with
+    random weights, plus a full-size random MoGe ViT-L in `checkpoints/moge/` (pipeline.yaml names
+    it)."""
+    from services.recon.families.sam3d.tiny import FULL, write_checkpoints
+    from services.recon.moge import CHECKPOINT, MOGE_VITL_CONFIG, MoGeModel
+
+    folder = root / "checkpoints"
+    write_checkpoints(folder, FULL, _trellis_init, torch.float16, device, depth="moge")
+    with torch.device(device):
+        moge = MoGeModel(**MOGE_VITL_CONFIG)
+    (folder / "moge").mkdir(parents=True, exist_ok=True)
+    state = {k: v.cpu() for k, v in moge.state_dict().items()}
+    torch.save({"model_config": MOGE_VITL_CONFIG, "model": state}, folder / "moge" / CHECKPOINT)
+    del moge, state
+    torch.cuda.empty_cache()
+    return root
+
+
+def write_xcube(root: Path, device: str = "cuda") -> Path:
+    """XCube's objaverse layout at full size with random fp16 weights (services/recon/families/xcube/
+    tiny.configs(full=True)), plus an SD-2.1-shaped text tower and a small tokenizer."""
+    from services.recon.families.xcube.tiny import write_layout
+
+    def init(module: torch.nn.Module) -> None:
+        _trellis_init(module)
+        for param in module.parameters():  # zero-initialised output convs would predict 0
+            if param.dim() > 1 and float(param.abs().max()) == 0.0:
+                torch.nn.init.normal_(param, std=0.01)
+
+    write_layout(root, True, init, torch.float16, device)
+    torch.cuda.empty_cache()
+    return root

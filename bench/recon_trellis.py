@@ -17,7 +17,6 @@ SDF channels by that sphere's signed distance. Everything after them is the real
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-GIB = 1 << 30
+from bench.recon_family import load, new_report, run_cases
 
 
 class ShellOccupancy(torch.nn.Module):
@@ -73,24 +72,6 @@ def prompt_image() -> Image.Image:
     return image
 
 
-def measure(family, job) -> dict:
-    from threegen.runtime.work import Reporter
-
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    output = family.run(job, Reporter())
-    torch.cuda.synchronize()
-    return {
-        "seconds": round(time.perf_counter() - started, 3),
-        "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / GIB, 3),
-        "timings": {step: round(s, 3) for step, s in output.timings},
-        "faces": output.stats.face_count,
-        "points": output.stats.point_count,
-        "artifact_bytes": {a.name: len(a.data) for a in output.artifacts},
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", default="/tmp/trellis-full")
@@ -107,7 +88,7 @@ def main() -> None:
     from threegen.errors import Violations
     from threegen.recon.v1 import recon_pb2
 
-    report: dict = {"gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "runs": {}}
+    report = new_report()
     started = time.perf_counter()
     folders = write_trellis(Path(args.root), text_size=args.text)
     report["write_seconds"] = round(time.perf_counter() - started, 1)
@@ -120,12 +101,7 @@ def main() -> None:
         trellis_dinov2=str(folders["dinov2"]),
     )
     family = TrellisFamily(settings, "cuda")
-    torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    family.load()
-    report["load_seconds"] = round(time.perf_counter() - started, 1)
-    report["weights_gib"] = round(family.memory_bytes / GIB, 3)
-    report["allocated_after_load_gib"] = round(torch.cuda.memory_allocated() / GIB, 3)
+    load(family, report)
     for engine in family.engines.values():
         models = engine.models
         if not isinstance(models["sparse_structure_decoder"], ShellOccupancy):
@@ -133,7 +109,6 @@ def main() -> None:
                 models["sparse_structure_decoder"], args.voxels
             )
             models["slat_decoder_mesh"] = SphereSDF(models["slat_decoder_mesh"])
-    print(json.dumps(report, indent=1), flush=True)
 
     def job(image, prompt, output, **options):
         params = family.parse_options(recon_pb2.TrellisOptions(**options), Violations())
@@ -147,11 +122,7 @@ def main() -> None:
     }
     if "text" in family.engines:
         cases["text_to_glb"] = job(None, "a wooden chair", mesh)
-    measure(family, cases["image_to_glb"])  # warm-up
-    for name, case in cases.items():
-        report["runs"][name] = measure(family, case)
-        print(name, json.dumps(report["runs"][name]), flush=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    run_cases(family, cases, cases["image_to_glb"], report, args.out)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,24 @@ def check_state_dict(model: object, state: dict, what: str) -> None:
         raise CheckpointMismatch(f"{what}: " + "; ".join(problems))
 
 
+def load_pickled_state(path: Path, trusted: bool = False, hint: str = "") -> dict:
+    """A torch pickle (`.ckpt`, `.pt`) as a dict, read with `weights_only=True` unless the caller
+    trusts the file; a file that cannot be read that way is refused with its name and `hint`."""
+    import pickle
+
+    import torch
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as exc:
+        how = "" if trusted else " as tensors only (weights_only=True)"
+        detail = str(exc).splitlines()[0]
+        raise CheckpointMismatch(f"{path.name} cannot be read{how}{hint}: {detail}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointMismatch(f"{path.name} does not hold a state dict")
+    return data
+
+
 def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 

@@ -133,6 +133,17 @@ class DinoVisionTransformer(nn.Module):
         return self.norm(self.tokens(images))
 
 
+def config_from_state(state: dict[str, torch.Tensor], prefix: str = "") -> ViTConfig:
+    """The shape of a ViT read off its weights (under `prefix`): for smaller ViTs than the published
+    ones, such as the tests' tiny checkpoints. Heads are taken as width / 64 (at least one)."""
+    dim = state[f"{prefix}cls_token"].shape[-1]
+    depth = 1 + max(int(k[len(prefix) :].split(".")[1]) for k in state if k.startswith(prefix + "blocks."))
+    patch = state[f"{prefix}patch_embed.proj.weight"].shape[-1]
+    side = round((state[f"{prefix}pos_embed"].shape[1] - 1) ** 0.5)
+    registers = state[f"{prefix}register_tokens"].shape[1] if f"{prefix}register_tokens" in state else 0
+    return ViTConfig(dim, depth, max(1, dim // 64), patch, patch * side, registers)
+
+
 def load(path: Path, config: ViTConfig = VITL14_REG) -> DinoVisionTransformer:
     """A hub checkpoint (state dict with the hub's names) into the network, strictly."""
     state = torch.load(path, map_location="cpu", weights_only=True)

@@ -11,10 +11,13 @@ fixed matrix upstream's `save_ply` uses, so viewers that read TRELLIS's PLYs rea
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from threegen.chunks import Artifact
 
 PLY_TRANSFORM = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=np.float64)
 PROPERTIES = ("x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
@@ -103,3 +106,11 @@ def to_ply(splats: Splats) -> bytes:
     header = f"ply\nformat binary_little_endian 1.0\nelement vertex {len(splats)}\n"
     header += "".join(f"property float {name}\n" for name in PROPERTIES) + "end_header\n"
     return header.encode("ascii") + rows.tobytes()
+
+
+def ply_artifact(splats: Splats, timings: list[tuple[str, float]]) -> Artifact:
+    """`gaussians.ply`, its writing time appended to `timings`."""
+    started = time.perf_counter()
+    artifact = Artifact("gaussians.ply", to_ply(splats))
+    timings.append(("write_ply", time.perf_counter() - started))
+    return artifact

@@ -8,6 +8,8 @@ Each family lives in its own folder and imports its heavy dependencies only when
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -15,7 +17,7 @@ from PIL import Image
 
 from threegen.chunks import Artifact
 from threegen.common.v1 import common_pb2
-from threegen.errors import Violations
+from threegen.errors import ResourceExhausted, Violations
 from threegen.geometry import Stats
 from threegen.runtime.work import Reporter
 
@@ -70,6 +72,27 @@ class Family(abc.ABC):
     @abc.abstractmethod
     def run(self, job: ReconInput, reporter: Reporter) -> ReconOutput:
         """Reconstruct (blocking, in a worker thread); call reporter.progress between steps."""
+
+    @staticmethod
+    def resident_bytes(modules: Iterable[Any]) -> int:
+        """Bytes held by the parameters and buffers of `modules`, each module counted once."""
+        from threegen.weights import module_bytes
+
+        return sum(module_bytes(m) for m in {id(m): m for m in modules}.values())
+
+    @contextmanager
+    def memory_guard(self, hint: str = "") -> Iterator[None]:
+        """A CUDA out-of-memory inside becomes RESOURCE_EXHAUSTED (the GPU's cache is released
+        first), so the request fails clearly and the service goes on."""
+        import torch
+
+        try:
+            yield
+        except torch.OutOfMemoryError as exc:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            detail = str(exc).splitlines()[0]
+            raise ResourceExhausted(f"{self.name} ran out of GPU memory{hint}: {detail}") from exc
 
     def info(self) -> common_pb2.ModelInfo:
         return common_pb2.ModelInfo(

@@ -20,6 +20,7 @@ from PIL import Image
 
 from services.recon import dinov2
 from services.recon import sparse as sp
+from services.recon.families.stages import FlowParams, Stage
 from services.recon.families.trellis import loader
 from services.recon.families.trellis.meshing import Mesh, features_to_mesh
 from services.recon.gaussians import Splats, activate
@@ -31,23 +32,6 @@ from threegen.weights import WeightsNotFound, resolve
 log = logging.getLogger("threegen.recon.trellis")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class Stage:
-    steps: int
-    cfg_strength: float
-    cfg_interval: tuple[float, float] = (0.0, 1.0)
-    rescale_t: float = 1.0
-
-
-@dataclass
-class TrellisParams:
-    sparse_structure: Stage | None = None  # None: the pipeline's own defaults
-    slat: Stage | None = None
-    seed: int = 0
-    want_mesh: bool = True
-    want_gaussians: bool = False
 
 
 @dataclass
@@ -143,11 +127,7 @@ class TrellisEngine:
         state = torch.load(path, map_location="cpu", weights_only=True)
         dim = state["cls_token"].shape[-1]
         if dim != config.embed_dim:  # a smaller ViT (tests): derive its shape from the checkpoint
-            depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-            heads = max(1, dim // 64)
-            side = int((state["pos_embed"].shape[1] - 1) ** 0.5)
-            registers = state["register_tokens"].shape[1]
-            config = dinov2.ViTConfig(dim, depth, heads, 14, 14 * side, registers)
+            config = dinov2.config_from_state(state)
         model = dinov2.DinoVisionTransformer(config)
         model.load_state_dict(state, strict=True)
         self.dinov2 = model.to(self.device, self.dtype).eval().requires_grad_(False)
@@ -213,7 +193,7 @@ class TrellisEngine:
 
     @torch.inference_mode()
     def run(
-        self, image: Image.Image | None, prompt: str, params: TrellisParams, reporter: Reporter
+        self, image: Image.Image | None, prompt: str, params: FlowParams, reporter: Reporter
     ) -> TrellisResult:
         lap = Laps(self.device)
 

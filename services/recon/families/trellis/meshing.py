@@ -11,13 +11,20 @@ weights (which only adjust vertex placement inside a cube) are not used.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from services.recon import meshclean, texturebake
 from services.recon.isosurface import CORNERS, marching_cubes_edges
 from services.recon.sparse import SparseTensor
+from threegen.chunks import Artifact
+from threegen.geometry import Stats, export_mesh, stats_from_arrays
+from threegen.runtime.work import Reporter
+
+GLB_FROM_ZUP = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=np.float32)  # z-up -> y-up, row vectors
 
 
 @dataclass
@@ -75,3 +82,45 @@ def features_to_mesh(features: SparseTensor, resolution: int, use_color: bool, f
     if use_color:
         colors = (a[:, 3:6] * (1 - weight) + b[:, 3:6] * weight).clamp(0, 1).cpu().numpy().astype(np.float32)
     return Mesh(vertices.cpu().numpy().astype(np.float32), faces.cpu().numpy().astype(np.int64), colors)
+
+
+def finish_mesh(
+    mesh: Mesh,
+    simplify: float,
+    texture_size: int,
+    device: str,
+    reporter: Reporter,
+    timings: list[tuple[str, float]],
+    with_texture: bool = True,
+) -> tuple[Artifact, Stats]:
+    """Decoder mesh -> mesh.glb: decimated by `simplify` (fraction of faces removed), turned
+    y-up, colours baked into a texture of `texture_size` (or kept per vertex)."""
+    started = time.perf_counter()
+    target = max(100, int(len(mesh.faces) * (1.0 - simplify)))
+    vertices, faces = meshclean.remove_degenerate(mesh.vertices, mesh.faces)
+    if simplify > 0:
+        vertices, faces = meshclean.decimate(vertices, faces, target)
+    colors = None if mesh.colors is None else _nearest_colors(mesh.vertices, mesh.colors, vertices)
+    vertices = vertices @ GLB_FROM_ZUP
+    timings.append(("simplify", time.perf_counter() - started))
+    reporter.progress("simplify", 0.93, f"{len(mesh.faces)} -> {len(faces)} faces")
+    started = time.perf_counter()
+    if colors is not None and with_texture:
+        result = texturebake.bake(vertices, faces, colors, texture_size, device)
+    else:
+        import trimesh
+
+        rgba = None if colors is None else np.concatenate(
+            [np.clip(colors * 255, 0, 255), np.full((len(colors), 1), 255.0)], axis=1
+        ).astype(np.uint8)  # fmt: skip
+        result = trimesh.Trimesh(vertices, faces, vertex_colors=rgba, process=False)
+    glb = Artifact("mesh.glb", export_mesh(result, "glb"))
+    timings.append(("bake_texture" if with_texture else "export", time.perf_counter() - started))
+    return glb, stats_from_arrays(vertices, faces)
+
+
+def _nearest_colors(source: np.ndarray, colors: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    from scipy.spatial import cKDTree
+
+    _, index = cKDTree(source).query(targets)
+    return colors[index]
