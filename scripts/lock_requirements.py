@@ -42,7 +42,7 @@ def lock(extra: str) -> list[str]:
 
 
 def main() -> None:
-    extras = sys.argv[1:] or ["gateway", "imagegen", "recon", "hunyuan3d", "render"]
+    extras = sys.argv[1:] or ["gateway", "imagegen", "recon", "hunyuan3d", "xcube", "render"]
     for extra in extras:
         pins = lock(extra)
         target = ROOT / "deploy" / "requirements" / f"{extra}.txt"

@@ -36,7 +36,8 @@ def tiny_families(tiny: dict[str, Path]) -> dict[str, Path]:
     return {**tiny, **ensure_tiny_weights(tiny["triposr"].parent, tuple(names))}
 
 
-FAMILY_PACKAGES = {"hunyuan3d": "hy3dgen", "trellis": "xatlas"}  # family -> a package it needs
+# family -> a package it needs
+FAMILY_PACKAGES = {"hunyuan3d": "hy3dgen", "trellis": "xatlas", "sam3d": "xatlas", "xcube": "omegaconf"}
 
 
 def imagegen_service(tiny: dict[str, Path], **overrides):

@@ -11,7 +11,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU_SERVICES = {"imagegen": 50052, "recon-triposr": 50053, "render": 50054}
-FAMILY_IMAGES = {"recon-trellis": 50053, "recon-hunyuan3d": 50053}  # gpu-cluster only
+FAMILY_IMAGES = {"recon-trellis": 50053, "recon-hunyuan3d": 50053, "recon-sam3d": 50053, "recon-xcube": 50053}
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")
 
@@ -33,7 +33,7 @@ def test_gpu_cluster_overlay() -> None:
         for e in objects[("Deployment", "gateway")]["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     routes = dict(r.split("=", 1) for r in gateway_env["THREEGEN_GATEWAY_RECON_ROUTES"].split(","))
-    assert routes == {"trellis": "dns:///recon-trellis:50053", "hunyuan3d": "dns:///recon-hunyuan3d:50053"}
+    assert routes == {f: f"dns:///recon-{f}:50053" for f in ("trellis", "hunyuan3d", "sam3d", "xcube")}
     for name, port in {**GPU_SERVICES, **FAMILY_IMAGES}.items():
         pod = objects[("Deployment", name)]["spec"]["template"]["spec"]
         container = pod["containers"][0]
@@ -48,6 +48,13 @@ def test_gpu_cluster_overlay() -> None:
         assert objects[("PodDisruptionBudget", name)]["spec"]["maxUnavailable"] == 1
         metric = objects[("HorizontalPodAutoscaler", name)]["spec"]["metrics"][0]["pods"]["metric"]["name"]
         assert metric == "threegen_requests_queued"
+    for name in FAMILY_IMAGES:  # one shape (recon-family/), each deployment serving its own family
+        container = objects[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        family = name.removeprefix("recon-")
+        assert env["THREEGEN_RECON_FAMILIES"] == env["THREEGEN_RECON_DEFAULT_FAMILY"] == family
+        assert container["image"] == f"registry.example.com/threegen/{name}:0.1.0"
+        assert objects[("Service", name)]["spec"]["selector"] == {"app.kubernetes.io/name": name}
     gateway_env = {
         e["name"]: e.get("value")
         for e in objects[("Deployment", "gateway")]["spec"]["template"]["spec"]["containers"][0]["env"]

@@ -45,6 +45,12 @@ def sources(service: str) -> list[tuple[str, str, list[str] | None]]:
             elif paint:
                 found.append((r.env_name("hunyuan3d_paint_model"), r.hunyuan3d_paint_model, paint))
             found.append((r.env_name("hunyuan3d_model"), r.hunyuan3d_model, shape))
+        if "sam3d" in r.families:  # gated: `huggingface-cli login` or HF_TOKEN first
+            found.append((r.env_name("sam3d_model"), r.sam3d_model, ["checkpoints/*"]))
+            found.append((r.env_name("sam3d_moge"), r.sam3d_moge or "Ruicheng/moge-vitl", ["model.pt"]))
+        if "xcube" in r.families:  # the checkpoints themselves are not on Hugging Face (see its README)
+            found.append((r.env_name("xcube_text_encoder"), r.xcube_text_encoder, ["text_encoder/*"]))
+            found.append((r.env_name("xcube_tokenizer"), r.xcube_tokenizer, ["*.json", "*.txt"]))
     return found
 
 

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-VERSION = "4"  # bump when a writer changes, so stale folders are rewritten
+VERSION = "6"  # bump when a writer changes, so stale folders are rewritten
 
 
 def default_root() -> Path:
@@ -41,6 +41,16 @@ def _writers() -> dict[str, object]:
 
         return write_tiny_trellis(folder)
 
+    def sam3d(folder: Path) -> Path:
+        from services.recon.families.sam3d.tiny import write_tiny_sam3d
+
+        return write_tiny_sam3d(folder)
+
+    def xcube(folder: Path) -> Path:
+        from services.recon.families.xcube.tiny import write_tiny_xcube
+
+        return write_tiny_xcube(folder)
+
     return {
         "sd-turbo": write_tiny_sd_turbo,
         "sdxl-turbo": write_tiny_sdxl_turbo,
@@ -49,6 +59,8 @@ def _writers() -> dict[str, object]:
         "triposr": write_tiny_triposr,
         "hunyuan3d": hunyuan3d,
         "trellis": trellis,
+        "sam3d": sam3d,
+        "xcube": xcube,
     }
 
 

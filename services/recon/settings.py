@@ -56,6 +56,32 @@ class ReconSettings(ServerSettings):
     hunyuan3d_view_size: int = setting(512, "Size of the delighted image and painted views (multiple of 8).")
     hunyuan3d_delight_steps: int = setting(50, "Steps of the delighting model.")
     hunyuan3d_paint_steps: int = setting(30, "Steps of the multiview paint model.")
+    sam3d_model: str = setting(
+        "facebook/sam-3d-objects",
+        "SAM 3D Objects: a folder with pipeline.yaml (or checkpoints/[hf/]pipeline.yaml), or an HF repo "
+        "id (gated: log in first).",
+    )
+    sam3d_moge: str = setting(
+        "",
+        "MoGe depth model for SAM 3D (a folder with model.pt, or an HF repo id); empty: the one "
+        "pipeline.yaml names.",
+    )
+    xcube_model: str = setting(
+        "xcube",
+        "XCube: a folder laid out like the XCube repository (configs/objaverse + checkpoints/objaverse), "
+        "or seed 004's objaverse_coarse/ + objaverse_fine/ folders. Not on Hugging Face.",
+    )
+    xcube_text_encoder: str = setting(
+        "stabilityai/stable-diffusion-2-1-base",
+        "XCube's text tower: a folder or HF repo id with text_encoder/.",
+    )
+    xcube_tokenizer: str = setting(
+        "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "XCube's tokenizer (folder or HF id)."
+    )
+    xcube_trust_checkpoints: bool = setting(
+        False,
+        "Unpickle XCube's Lightning checkpoints fully (they may hold more than tensors); local files only.",
+    )
     rembg_model: str = setting(
         "u2net", "Background removal for RGB inputs: a rembg model name, or a u2net-format .onnx file."
     )

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from threegen.common.v1 import common_pb2 as threegen_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dthreegen/recon/v1/recon.proto\x12\x11threegen.recon.v1\x1a\x1fthreegen/common/v1/common.proto\"w\n\x0eTripoSROptions\x12\x15\n\rmc_resolution\x18\x01 \x01(\r\x12\x18\n\x10\x66oreground_ratio\x18\x02 \x01(\x02\x12\x1e\n\x11\x64\x65nsity_threshold\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x14\n\x12_density_threshold\"\x8e\x01\n\x10Hunyuan3DOptions\x12\x14\n\x07texture\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x16\n\x0ememory_profile\x18\x02 \x01(\r\x12\r\n\x05steps\x18\x03 \x01(\r\x12\x16\n\x0eguidance_scale\x18\x04 \x01(\x02\x12\x19\n\x11octree_resolution\x18\x05 \x01(\rB\n\n\x08_texture\"\xd0\x01\n\x0eTrellisOptions\x12\x15\n\x08simplify\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x14\n\x0ctexture_size\x18\x02 \x01(\r\x12\x1e\n\x16sparse_structure_steps\x18\x03 \x01(\r\x12!\n\x19sparse_structure_guidance\x18\x04 \x01(\x02\x12\x12\n\nslat_steps\x18\x05 \x01(\r\x12\x15\n\rslat_guidance\x18\x06 \x01(\x02\x12\x16\n\x0ewith_gaussians\x18\x07 \x01(\x08\x42\x0b\n\t_simplify\":\n\x0cSam3dOptions\x12\x19\n\x0cwith_texture\x18\x01 \x01(\x08H\x00\x88\x01\x01\x42\x0f\n\r_with_texture\"^\n\x0cXCubeOptions\x12\x12\n\nddim_steps\x18\x01 \x01(\r\x12\x16\n\x0eguidance_scale\x18\x02 \x01(\x02\x12\x15\n\x08use_fine\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_use_fine\"\xbe\x03\n\x0cReconOptions\x12*\n\x06\x66\x61mily\x18\x01 \x01(\x0e\x32\x1a.threegen.common.v1.Family\x12\x30\n\x06output\x18\x02 \x01(\x0e\x32 .threegen.common.v1.GeometryKind\x12\x1e\n\x11remove_background\x18\x03 \x01(\x08H\x01\x88\x01\x01\x12\x34\n\x07triposr\x18\n \x01(\x0b\x32!.threegen.recon.v1.TripoSROptionsH\x00\x12\x38\n\thunyuan3d\x18\x0b \x01(\x0b\x32#.threegen.recon.v1.Hunyuan3DOptionsH\x00\x12\x34\n\x07trellis\x18\x0c \x01(\x0b\x32!.threegen.recon.v1.TrellisOptionsH\x00\x12\x30\n\x05sam3d\x18\r \x01(\x0b\x32\x1f.threegen.recon.v1.Sam3dOptionsH\x00\x12\x30\n\x05xcube\x18\x0e \x01(\x0b\x32\x1f.threegen.recon.v1.XCubeOptionsH\x00\x42\x10\n\x0e\x66\x61mily_optionsB\x14\n\x12_remove_background\"\x88\x01\n\x11ReconstructParams\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x11\n\x04seed\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x30\n\x07options\x18\x03 \x01(\x0b\x32\x1f.threegen.recon.v1.ReconOptions\x12\x15\n\rvalidate_only\x18\x04 \x01(\x08\x42\x07\n\x05_seed\"\xab\x01\n\x12ReconstructRequest\x12\x36\n\x06params\x18\x01 \x01(\x0b\x32$.threegen.recon.v1.ReconstructParamsH\x00\x12*\n\x05image\x18\x02 \x01(\x0b\x32\x19.threegen.common.v1.ChunkH\x00\x12)\n\x04mask\x18\x03 \x01(\x0b\x32\x19.threegen.common.v1.ChunkH\x00\x42\x06\n\x04part\"\xf0\x01\n\x11ReconstructResult\x12\x33\n\tartifacts\x18\x01 \x03(\x0b\x32 .threegen.common.v1.ArtifactInfo\x12\x30\n\x05stats\x18\x02 \x01(\x0b\x32!.threegen.common.v1.GeometryStats\x12\x0c\n\x04seed\x18\x03 \x01(\r\x12+\n\x07timings\x18\x04 \x03(\x0b\x32\x1a.threegen.common.v1.Timing\x12*\n\x06\x66\x61mily\x18\x05 \x01(\x0e\x32\x1a.threegen.common.v1.Family\x12\r\n\x05model\x18\x06 \x01(\t\"\xb4\x01\n\x13ReconstructResponse\x12\x30\n\x08progress\x18\x01 \x01(\x0b\x32\x1c.threegen.common.v1.ProgressH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.threegen.common.v1.ChunkH\x00\x12\x36\n\x06result\x18\x03 \x01(\x0b\x32$.threegen.recon.v1.ReconstructResultH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"w\n\x12ListModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.threegen.common.v1.ModelInfo\x12\x32\n\x0e\x64\x65\x66\x61ult_family\x18\x02 \x01(\x0e\x32\x1a.threegen.common.v1.Family2\xcb\x01\n\x0cReconService\x12`\n\x0bReconstruct\x12%.threegen.recon.v1.ReconstructRequest\x1a&.threegen.recon.v1.ReconstructResponse(\x01\x30\x01\x12Y\n\nListModels\x12$.threegen.recon.v1.ListModelsRequest\x1a%.threegen.recon.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dthreegen/recon/v1/recon.proto\x12\x11threegen.recon.v1\x1a\x1fthreegen/common/v1/common.proto\"w\n\x0eTripoSROptions\x12\x15\n\rmc_resolution\x18\x01 \x01(\r\x12\x18\n\x10\x66oreground_ratio\x18\x02 \x01(\x02\x12\x1e\n\x11\x64\x65nsity_threshold\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x14\n\x12_density_threshold\"\x8e\x01\n\x10Hunyuan3DOptions\x12\x14\n\x07texture\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x16\n\x0ememory_profile\x18\x02 \x01(\r\x12\r\n\x05steps\x18\x03 \x01(\r\x12\x16\n\x0eguidance_scale\x18\x04 \x01(\x02\x12\x19\n\x11octree_resolution\x18\x05 \x01(\rB\n\n\x08_texture\"\xd0\x01\n\x0eTrellisOptions\x12\x15\n\x08simplify\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x14\n\x0ctexture_size\x18\x02 \x01(\r\x12\x1e\n\x16sparse_structure_steps\x18\x03 \x01(\r\x12!\n\x19sparse_structure_guidance\x18\x04 \x01(\x02\x12\x12\n\nslat_steps\x18\x05 \x01(\r\x12\x15\n\rslat_guidance\x18\x06 \x01(\x02\x12\x16\n\x0ewith_gaussians\x18\x07 \x01(\x08\x42\x0b\n\t_simplify\"\xfa\x01\n\x0cSam3dOptions\x12\x19\n\x0cwith_texture\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x1e\n\x16sparse_structure_steps\x18\x02 \x01(\r\x12!\n\x19sparse_structure_guidance\x18\x03 \x01(\x02\x12\x12\n\nslat_steps\x18\x04 \x01(\r\x12\x15\n\rslat_guidance\x18\x05 \x01(\x02\x12\x15\n\x08simplify\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x14\n\x0ctexture_size\x18\x07 \x01(\r\x12\x16\n\x0ewith_gaussians\x18\x08 \x01(\x08\x42\x0f\n\r_with_textureB\x0b\n\t_simplify\"^\n\x0cXCubeOptions\x12\x12\n\nddim_steps\x18\x01 \x01(\r\x12\x16\n\x0eguidance_scale\x18\x02 \x01(\x02\x12\x15\n\x08use_fine\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_use_fine\"\xbe\x03\n\x0cReconOptions\x12*\n\x06\x66\x61mily\x18\x01 \x01(\x0e\x32\x1a.threegen.common.v1.Family\x12\x30\n\x06output\x18\x02 \x01(\x0e\x32 .threegen.common.v1.GeometryKind\x12\x1e\n\x11remove_background\x18\x03 \x01(\x08H\x01\x88\x01\x01\x12\x34\n\x07triposr\x18\n \x01(\x0b\x32!.threegen.recon.v1.TripoSROptionsH\x00\x12\x38\n\thunyuan3d\x18\x0b \x01(\x0b\x32#.threegen.recon.v1.Hunyuan3DOptionsH\x00\x12\x34\n\x07trellis\x18\x0c \x01(\x0b\x32!.threegen.recon.v1.TrellisOptionsH\x00\x12\x30\n\x05sam3d\x18\r \x01(\x0b\x32\x1f.threegen.recon.v1.Sam3dOptionsH\x00\x12\x30\n\x05xcube\x18\x0e \x01(\x0b\x32\x1f.threegen.recon.v1.XCubeOptionsH\x00\x42\x10\n\x0e\x66\x61mily_optionsB\x14\n\x12_remove_background\"\x88\x01\n\x11ReconstructParams\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x11\n\x04seed\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x30\n\x07options\x18\x03 \x01(\x0b\x32\x1f.threegen.recon.v1.ReconOptions\x12\x15\n\rvalidate_only\x18\x04 \x01(\x08\x42\x07\n\x05_seed\"\xab\x01\n\x12ReconstructRequest\x12\x36\n\x06params\x18\x01 \x01(\x0b\x32$.threegen.recon.v1.ReconstructParamsH\x00\x12*\n\x05image\x18\x02 \x01(\x0b\x32\x19.threegen.common.v1.ChunkH\x00\x12)\n\x04mask\x18\x03 \x01(\x0b\x32\x19.threegen.common.v1.ChunkH\x00\x42\x06\n\x04part\"\xf0\x01\n\x11ReconstructResult\x12\x33\n\tartifacts\x18\x01 \x03(\x0b\x32 .threegen.common.v1.ArtifactInfo\x12\x30\n\x05stats\x18\x02 \x01(\x0b\x32!.threegen.common.v1.GeometryStats\x12\x0c\n\x04seed\x18\x03 \x01(\r\x12+\n\x07timings\x18\x04 \x03(\x0b\x32\x1a.threegen.common.v1.Timing\x12*\n\x06\x66\x61mily\x18\x05 \x01(\x0e\x32\x1a.threegen.common.v1.Family\x12\r\n\x05model\x18\x06 \x01(\t\"\xb4\x01\n\x13ReconstructResponse\x12\x30\n\x08progress\x18\x01 \x01(\x0b\x32\x1c.threegen.common.v1.ProgressH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.threegen.common.v1.ChunkH\x00\x12\x36\n\x06result\x18\x03 \x01(\x0b\x32$.threegen.recon.v1.ReconstructResultH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"w\n\x12ListModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.threegen.common.v1.ModelInfo\x12\x32\n\x0e\x64\x65\x66\x61ult_family\x18\x02 \x01(\x0e\x32\x1a.threegen.common.v1.Family2\xcb\x01\n\x0cReconService\x12`\n\x0bReconstruct\x12%.threegen.recon.v1.ReconstructRequest\x1a&.threegen.recon.v1.ReconstructResponse(\x01\x30\x01\x12Y\n\nListModels\x12$.threegen.recon.v1.ListModelsRequest\x1a%.threegen.recon.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,24 +38,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HUNYUAN3DOPTIONS']._serialized_end=349
   _globals['_TRELLISOPTIONS']._serialized_start=352
   _globals['_TRELLISOPTIONS']._serialized_end=560
-  _globals['_SAM3DOPTIONS']._serialized_start=562
-  _globals['_SAM3DOPTIONS']._serialized_end=620
-  _globals['_XCUBEOPTIONS']._serialized_start=622
-  _globals['_XCUBEOPTIONS']._serialized_end=716
-  _globals['_RECONOPTIONS']._serialized_start=719
-  _globals['_RECONOPTIONS']._serialized_end=1165
-  _globals['_RECONSTRUCTPARAMS']._serialized_start=1168
-  _globals['_RECONSTRUCTPARAMS']._serialized_end=1304
-  _globals['_RECONSTRUCTREQUEST']._serialized_start=1307
-  _globals['_RECONSTRUCTREQUEST']._serialized_end=1478
-  _globals['_RECONSTRUCTRESULT']._serialized_start=1481
-  _globals['_RECONSTRUCTRESULT']._serialized_end=1721
-  _globals['_RECONSTRUCTRESPONSE']._serialized_start=1724
-  _globals['_RECONSTRUCTRESPONSE']._serialized_end=1904
-  _globals['_LISTMODELSREQUEST']._serialized_start=1906
-  _globals['_LISTMODELSREQUEST']._serialized_end=1925
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1927
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2046
-  _globals['_RECONSERVICE']._serialized_start=2049
-  _globals['_RECONSERVICE']._serialized_end=2252
+  _globals['_SAM3DOPTIONS']._serialized_start=563
+  _globals['_SAM3DOPTIONS']._serialized_end=813
+  _globals['_XCUBEOPTIONS']._serialized_start=815
+  _globals['_XCUBEOPTIONS']._serialized_end=909
+  _globals['_RECONOPTIONS']._serialized_start=912
+  _globals['_RECONOPTIONS']._serialized_end=1358
+  _globals['_RECONSTRUCTPARAMS']._serialized_start=1361
+  _globals['_RECONSTRUCTPARAMS']._serialized_end=1497
+  _globals['_RECONSTRUCTREQUEST']._serialized_start=1500
+  _globals['_RECONSTRUCTREQUEST']._serialized_end=1671
+  _globals['_RECONSTRUCTRESULT']._serialized_start=1674
+  _globals['_RECONSTRUCTRESULT']._serialized_end=1914
+  _globals['_RECONSTRUCTRESPONSE']._serialized_start=1917
+  _globals['_RECONSTRUCTRESPONSE']._serialized_end=2097
+  _globals['_LISTMODELSREQUEST']._serialized_start=2099
+  _globals['_LISTMODELSREQUEST']._serialized_end=2118
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2120
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2239
+  _globals['_RECONSERVICE']._serialized_start=2242
+  _globals['_RECONSERVICE']._serialized_end=2445
 # @@protoc_insertion_point(module_scope)

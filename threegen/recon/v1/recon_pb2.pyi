@@ -143,24 +143,59 @@ Global___TrellisOptions: _TypeAlias = TrellisOptions  # noqa: Y015
 
 @_typing.final
 class Sam3dOptions(_message.Message):
-    """SAM 3D Objects options (seed 003)."""
+    """SAM 3D Objects options (seed 003). The object is the mask when one is sent, otherwise the
+    image's alpha (after background removal).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     WITH_TEXTURE_FIELD_NUMBER: _builtins.int
+    SPARSE_STRUCTURE_STEPS_FIELD_NUMBER: _builtins.int
+    SPARSE_STRUCTURE_GUIDANCE_FIELD_NUMBER: _builtins.int
+    SLAT_STEPS_FIELD_NUMBER: _builtins.int
+    SLAT_GUIDANCE_FIELD_NUMBER: _builtins.int
+    SIMPLIFY_FIELD_NUMBER: _builtins.int
+    TEXTURE_SIZE_FIELD_NUMBER: _builtins.int
+    WITH_GAUSSIANS_FIELD_NUMBER: _builtins.int
     with_texture: _builtins.bool
     """Bake a texture into the GLB (false: vertex colours); absent means true."""
+    sparse_structure_steps: _builtins.int
+    """Stage-1 (shape and pose) flow steps; 0 means the pipeline's (25). Range 1..100."""
+    sparse_structure_guidance: _builtins.float
+    """Stage-1 guidance; 0 means the pipeline's (7). Range 0..20."""
+    slat_steps: _builtins.int
+    """Stage-2 (structured latent) flow steps; 0 means the pipeline's (25). Range 1..100."""
+    slat_guidance: _builtins.float
+    """Stage-2 guidance; 0 means the pipeline's (2). Range 0..20."""
+    simplify: _builtins.float
+    """Fraction of mesh faces removed before texturing; absent means 0.95. Range 0..0.99."""
+    texture_size: _builtins.int
+    """Texture size in pixels; 0 means 1024. Range 128..4096."""
+    with_gaussians: _builtins.bool
+    """With a mesh output, also return the Gaussian splats as gaussians.ply."""
     def __init__(
         self,
         *,
         with_texture: _builtins.bool | None = ...,
+        sparse_structure_steps: _builtins.int = ...,
+        sparse_structure_guidance: _builtins.float = ...,
+        slat_steps: _builtins.int = ...,
+        slat_guidance: _builtins.float = ...,
+        simplify: _builtins.float | None = ...,
+        texture_size: _builtins.int = ...,
+        with_gaussians: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_with_texture", b"_with_texture", "with_texture", b"with_texture"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_simplify", b"_simplify", "_with_texture", b"_with_texture", "simplify", b"simplify", "with_texture", b"with_texture"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_with_texture", b"_with_texture", "with_texture", b"with_texture"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_simplify", b"_simplify", "_with_texture", b"_with_texture", "simplify", b"simplify", "slat_guidance", b"slat_guidance", "slat_steps", b"slat_steps", "sparse_structure_guidance", b"sparse_structure_guidance", "sparse_structure_steps", b"sparse_structure_steps", "texture_size", b"texture_size", "with_gaussians", b"with_gaussians", "with_texture", b"with_texture"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__simplify: _TypeAlias = _typing.Literal["simplify"]  # noqa: Y015
+    _WhichOneofArgType__simplify: _TypeAlias = _typing.Literal["_simplify", b"_simplify"]  # noqa: Y015
     _WhichOneofReturnType__with_texture: _TypeAlias = _typing.Literal["with_texture"]  # noqa: Y015
     _WhichOneofArgType__with_texture: _TypeAlias = _typing.Literal["_with_texture", b"_with_texture"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__simplify) -> _WhichOneofReturnType__simplify | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__with_texture) -> _WhichOneofReturnType__with_texture | None: ...
 
 Global___Sam3dOptions: _TypeAlias = Sam3dOptions  # noqa: Y015
