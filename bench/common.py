@@ -52,8 +52,9 @@ def cuda_sync() -> None:
 
 
 @contextmanager
-def service_process(module: str, env: dict[str, str], port: int, log: Path, timeout: float = 600):
-    """Run `python -m module` with env until SERVING on port; stop it afterwards."""
+def service_process(module: str, env: dict[str, str], port: int, log: Path, timeout: float = 240):
+    """Run `python -m module` with env until SERVING on port; stop it afterwards. A service whose
+    models fail to load keeps running NOT_SERVING (by design): its log says so, and we stop then."""
     full = {
         **os.environ,
         **env,
@@ -70,6 +71,8 @@ def service_process(module: str, env: dict[str, str], port: int, log: Path, time
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"{module} exited:\n{log.read_text()[-3000:]}")
+            if "failed to load its models" in log.read_text(errors="replace"):
+                raise RuntimeError(f"{module} could not load its models:\n{log.read_text()[-3000:]}")
             try:
                 with grpc.insecure_channel(address) as channel:
                     reply = health_pb2_grpc.HealthStub(channel).Check(

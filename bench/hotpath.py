@@ -182,10 +182,13 @@ def main() -> None:
 
         folders = {"sd-turbo": weights / "sd-turbo", "triposr": weights / "triposr", "clip": weights / "clip"}
         started = time.perf_counter()
-        if not (folders["sd-turbo"] / "model_index.json").exists():
-            write_sd_turbo(folders["sd-turbo"])
-            write_triposr(folders["triposr"], device="cuda")
-            write_clip(folders["clip"])
+        writers = {"sd-turbo": write_sd_turbo, "triposr": lambda f: write_triposr(f, device="cuda"),
+                   "clip": write_clip}  # fmt: skip
+        for name, write in writers.items():
+            done = folders[name] / ".complete"  # a run cut off mid-write leaves no half folder behind
+            if not done.exists():
+                write(folders[name])
+                done.touch()
         print(f"checkpoints ready in {time.perf_counter() - started:.1f} s", flush=True)
 
     common = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}

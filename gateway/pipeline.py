@@ -91,6 +91,9 @@ class Run:
     image_sha256: str = ""  # known when the image came from imagegen
     geometry: Artifact | None = None
     geometry_kind: int = common_pb2.GEOMETRY_KIND_UNSPECIFIED
+    # Files we hold for the client, sent once the next backend has its input: that upload is on
+    # the request's critical path, the client's copy is not.
+    deferred: list[Artifact] = field(default_factory=list)
 
     def progress(self, event: common_pb2.Progress, stage: int) -> gateway_pb2.GenerateResponse:
         start = 0.0
@@ -284,6 +287,22 @@ class GeneratePipeline:
         )
 
     @staticmethod
+    async def _deliver(
+        run: Run, uploaded: asyncio.Event, call: object
+    ) -> AsyncIterator[gateway_pb2.GenerateResponse]:
+        """The deferred files, after the backend call under way has received its input."""
+        if not run.deferred:
+            return
+        try:
+            await uploaded.wait()
+            while run.deferred:
+                for chunk in iter_chunks(run.deferred.pop(0)):
+                    yield gateway_pb2.GenerateResponse(chunk=chunk)
+        except BaseException:
+            call.cancel()  # type: ignore[attr-defined]
+            raise
+
+    @staticmethod
     def _overhead(run: Run, stage: int, started: float, backend_timings: object) -> None:
         """What a backend call cost beyond the work it reports: transfer, plumbing, queueing."""
         worked = sum(t.seconds for t in backend_timings)  # type: ignore[attr-defined]
@@ -338,8 +357,7 @@ class GeneratePipeline:
         run.timings.extend(result.timings)
         self._overhead(run, common_pb2.STAGE_IMAGE, started, result.timings)
         image = Artifact("image.png", best.data, sha256=best.sha256)
-        for chunk in iter_chunks(image):
-            yield gateway_pb2.GenerateResponse(chunk=chunk)
+        run.deferred.append(image)  # to the client once recon has it
         run.artifacts.append(image.info())
 
     async def _reconstruct(self, run: Run) -> AsyncIterator[gateway_pb2.GenerateResponse]:
@@ -355,10 +373,15 @@ class GeneratePipeline:
             if run.prepared.mask:
                 for chunk in iter_chunks(Artifact("mask.png", run.prepared.mask)):
                     yield recon_pb2.ReconstructRequest(mask=chunk)
+            uploaded.set()
 
         started = time.perf_counter()
         stub = self.backends.recon_for(run.request.recon_options.family)
+        uploaded = asyncio.Event()  # set once the request stream is written, or the call ended early
         call = stub.Reconstruct(requests(), timeout=run.timeout(), metadata=call_metadata())
+        call.add_done_callback(lambda _: uploaded.set())
+        async for response in self._deliver(run, uploaded, call):
+            yield response
         collector = ArtifactCollector("recon.chunk", verify=False)  # relayed: render, client check
         result = None
         async for response in self._stream(call, "recon", RENAME_RECON):
@@ -373,9 +396,8 @@ class GeneratePipeline:
             raise InvalidArgument([("recon_options", "recon returned no geometry")])
         run.geometry = collector.finished[result.artifacts[0].name]
         run.geometry_kind = result.stats.kind
-        for extra in result.artifacts[1:]:  # e.g. TRELLIS's splats beside its mesh: straight to the client
-            for chunk in iter_chunks(collector.finished[extra.name]):
-                yield gateway_pb2.GenerateResponse(chunk=chunk)
+        for extra in result.artifacts[1:]:  # e.g. TRELLIS's splats beside its mesh: for the client only
+            run.deferred.append(collector.finished[extra.name])
             run.artifacts.append(extra)
         run.stats = result.stats
         run.family = result.family
@@ -415,14 +437,18 @@ class GeneratePipeline:
             yield render_pb2.RenderRequest(params=params)
             for chunk in iter_chunks(geometry):
                 yield render_pb2.RenderRequest(geometry=chunk)
+            uploaded.set()
 
         started = time.perf_counter()
-        # The call starts now; the mesh we already hold goes to the client while render works.
+        # The call starts now; the files we already hold go to the client while render works.
+        uploaded = asyncio.Event()  # set once the request stream is written, or the call ended early
         call = self.backends.render.Render(requests(), timeout=run.timeout(), metadata=call_metadata())
+        call.add_done_callback(lambda _: uploaded.set())
         if direct is not None:
-            for chunk in iter_chunks(direct):
-                yield gateway_pb2.GenerateResponse(chunk=chunk)
+            run.deferred.append(direct)
             run.artifacts.append(direct.info())
+        async for response in self._deliver(run, uploaded, call):
+            yield response
         collector = ArtifactCollector("render.chunk", verify=False)  # relayed: the client checks
         async for response in self._stream(call, "render", RENAME_RENDER):
             kind = response.WhichOneof("event")
