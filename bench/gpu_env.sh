@@ -1,7 +1,7 @@
 # Source this on a lent GPU machine (no network): `. bench/gpu_env.sh`
 # Installs the wheels carried in .whl/ and .whl3d/ (what the machine's image lacks) into /tmp/site and
 # unpacks the GL loader libraries carried in .gl/ so pyrender can use EGL on the NVIDIA driver.
-# Prepare both folders on a networked machine as bench/README.md says.
+# Prepare them on a networked machine with `bash scripts/gpu_carry.sh`.
 # Carried wheel folders: .whl/ (services, rendering) and/or .whl3d/ (recon families); a name in both
 # is installed once.
 wheels=$(ls -1 .whl/*.whl .whl3d/*.whl 2>/dev/null | awk -F/ '!seen[$NF]++')
