@@ -163,7 +163,9 @@ def main() -> None:
     parser.add_argument("--fps", type=int, default=16)
     parser.add_argument("--tiny", action="store_true", help="tiny checkpoints (CPU smoke run)")
     parser.add_argument("--weights", default="", help="checkpoint folder (default: OUT/weights)")
-    parser.add_argument("--png-level", type=int, default=1, help="imagegen's PNG zlib level (0 = stored)")
+    parser.add_argument(
+        "--png-level", type=int, default=0, help="PNG zlib level the gateway asks imagegen for (0 = stored)"
+    )
     parser.add_argument("--skip-in-process", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
@@ -200,7 +202,6 @@ def main() -> None:
             "THREEGEN_IMAGEGEN_PRELOAD": "sd-turbo",
             "THREEGEN_IMAGEGEN_DEFAULT_MODEL": "sd-turbo",
             "THREEGEN_IMAGEGEN_BATCH_WINDOW_MS": "0",
-            "THREEGEN_IMAGEGEN_PNG_LEVEL": str(args.png_level),
         },
         "recon": {
             "THREEGEN_RECON_PORT": str(PORTS["recon"]),
@@ -214,6 +215,7 @@ def main() -> None:
             "THREEGEN_GATEWAY_RENDER_ADDRESS": f"127.0.0.1:{PORTS['render']}",
             "THREEGEN_GATEWAY_DATA_DIR": str(out / "gateway-data"),
             "THREEGEN_GATEWAY_CACHE": "false",  # every request does the work
+            "THREEGEN_GATEWAY_IMAGE_PNG_LEVEL": str(args.png_level),
         },
     }
     modules = {"imagegen": "services.imagegen", "recon": "services.recon", "render": "services.render",

@@ -33,6 +33,7 @@ PORT = 50152
 
 
 SIZE = {"value": 512}
+PNG_LEVEL = {"value": -1}  # -1: the service's default
 
 
 def request(model: str, views: int, seed: int) -> imagegen_pb2.GenerateRequest:
@@ -40,7 +41,10 @@ def request(model: str, views: int, seed: int) -> imagegen_pb2.GenerateRequest:
     options = imagegen_pb2.ImageOptions(
         model=ENUM[model], steps=1, width=size, height=size, num_views=views, top_k=views
     )
-    return imagegen_pb2.GenerateRequest(prompt=PROMPT, seed=seed, options=options)
+    message = imagegen_pb2.GenerateRequest(prompt=PROMPT, seed=seed, options=options)
+    if PNG_LEVEL["value"] >= 0:
+        message.png_level = PNG_LEVEL["value"]
+    return message
 
 
 SERVICE_TIMINGS: dict[tuple[str, int, str], list[float]] = {}
@@ -165,13 +169,17 @@ def main() -> None:
     parser.add_argument(
         "--max-batch", default="4,8", help="batch limits to measure throughput with, e.g. 8,4"
     )
+    parser.add_argument(
+        "--png-level", type=int, default=-1, help="GenerateRequest.png_level (-1: the service's default, 1)"
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny checkpoints at 64 px: a smoke test on CPU")
     args = parser.parse_args()
     SIZE["value"] = 64 if args.tiny else 512
+    PNG_LEVEL["value"] = args.png_level
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     models = args.models.split(",")
-    report: dict = {"gpu": gpu_name(), "date": time.strftime("%Y-%m-%d")}
+    report: dict = {"gpu": gpu_name(), "date": time.strftime("%Y-%m-%d"), "png_level": args.png_level}
     tiny = None
     if args.tiny:
         from threegen.tiny import ensure_tiny_weights

@@ -337,6 +337,8 @@ class GeneratePipeline:
         request = imagegen_pb2.GenerateRequest(
             prompt=run.request.prompt, seed=run.seed, options=run.request.image_options
         )
+        if self.settings.image_png_level >= 0:
+            request.png_level = self.settings.image_png_level
         started = time.perf_counter()
         call = self.backends.imagegen.Generate(request, timeout=run.timeout(), metadata=call_metadata())
         collector = ArtifactCollector("imagegen.chunk", verify=False)  # relayed: recon checks the digest

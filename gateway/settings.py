@@ -58,6 +58,12 @@ class GatewaySettings(ServerSettings):
     backend_tls_server_name: str = setting(
         "", "Name expected in the backends' certificates, if not the host."
     )
+    image_png_level: int = setting(
+        0,
+        "zlib level of the PNG the gateway asks imagegen for, 0..9, or -1 for imagegen's own default. "
+        "The image goes straight on to recon, so stored (0): level 1 took 5.4 ms to write and 8.7 ms "
+        "to read a 512 px image on an H100 host; the client's image.png is ~1.2x bigger.",
+    )
 
     def routes(self) -> dict[str, str]:
         """recon_routes as {family name: target}."""
@@ -71,6 +77,7 @@ class GatewaySettings(ServerSettings):
         self.require(
             1 <= self.backend_retries <= 5, "backend_retries", "must be 1..5 (gRPC caps attempts at 5)"
         )
+        self.require(-1 <= self.image_png_level <= 9, "image_png_level", "must be -1..9")
         self.require(self.job_workers >= 1, "job_workers", "must be at least 1")
         self.require(self.max_queued_jobs >= 1, "max_queued_jobs", "must be at least 1")
         self.require(

@@ -45,6 +45,8 @@ def test_text_to_glb_and_mp4(stack) -> None:
     progress, files, result = run_generate(stack.gateway.address, small_request(seed=70071))
 
     assert set(files) == {"image.png", "mesh.glb", "mesh.ply", "preview.mp4"}
+    # The gateway asks imagegen for a stored PNG (GATEWAY_IMAGE_PNG_LEVEL 0): every pixel byte is there.
+    assert len(files["image.png"].data) > 64 * 64 * 3
     mesh = trimesh.load(io.BytesIO(files["mesh.glb"].data), file_type="glb", force="mesh")
     assert len(mesh.faces) > 0
     assert mesh.visual.kind == "vertex"  # TripoSR's vertex colours survive the whole chain

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 
+import grpc
+import pytest
 from PIL import Image
 
 from tests.helpers import collect
 from threegen.common.v1 import common_pb2
+from threegen.errors import field_violations
 from threegen.imagegen.v1 import imagegen_pb2, imagegen_pb2_grpc
 
 
@@ -53,3 +56,18 @@ def test_validate_only_generates_nothing(stack) -> None:
     request = imagegen_pb2.GenerateRequest(prompt="a", seed=9, validate_only=True)
     files, result, progress = generate(stack.imagegen, request)
     assert files == {} and progress == [] and result.seed == 9
+
+
+def test_png_level_is_chosen_per_request_and_checked(stack) -> None:
+    options = imagegen_pb2.ImageOptions(width=64, height=64, steps=1)
+    sizes, decoded = {}, {}
+    for level in (0, 9):
+        request = imagegen_pb2.GenerateRequest(prompt="a vase", seed=3, options=options, png_level=level)
+        data = generate(stack.imagegen, request)[0]["view_0.png"].data
+        sizes[level], decoded[level] = len(data), Image.open(io.BytesIO(data)).tobytes()
+    assert decoded[0] == decoded[9]  # lossless either way
+    assert sizes[0] > 64 * 64 * 3 > sizes[9]  # stored: every pixel byte is in the file
+    with pytest.raises(grpc.RpcError) as caught:
+        generate(stack.imagegen, imagegen_pb2.GenerateRequest(prompt="a", options=options, png_level=10))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in field_violations(caught.value)] == ["png_level"]

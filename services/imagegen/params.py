@@ -118,6 +118,8 @@ def validate(request: imagegen_pb2.GenerateRequest, *, default_model: str, max_s
     v = Violations()
     check_prompt(request.prompt, v)
     params = check_options(request.options, v, default_model=default_model, max_side=max_side)
+    if request.HasField("png_level"):
+        v.check(request.png_level <= 9, "png_level", f"must be a zlib level 0..9, got {request.png_level}")
     v.raise_if_any()
     params.prompt = request.prompt
     params.seed = request.seed if request.HasField("seed") else secrets.randbelow(2**32)

@@ -51,8 +51,9 @@ class ImageGenServicer(imagegen_pb2_grpc.ImageGenServiceServicer):
         assert result is not None
         # Encoders release the GIL: the views are compressed side by side.
         started = time.perf_counter()
+        level = request.png_level if request.HasField("png_level") else self.settings.png_level
         pngs = await asyncio.gather(
-            *(asyncio.to_thread(encode_png, view.image, self.settings.png_level) for view in result.views)
+            *(asyncio.to_thread(encode_png, view.image, level) for view in result.views)
         )
         result.timings.append(("encode_png", time.perf_counter() - started))
         artifacts = [Artifact(f"view_{rank}.png", png) for rank, png in enumerate(pngs)]

@@ -213,6 +213,16 @@ def cases() -> list[Case]:
         Case("1 MB prompt", "imagegen", imagegen(prompt="x" * 1_000_000), "prompt"),
         Case("1001-char prompt", "imagegen", imagegen(prompt="y" * 1001), "prompt"),
         Case(
+            "PNG level 10",
+            "imagegen",
+            lambda ch: list(
+                imagegen_pb2_grpc.ImageGenServiceStub(ch).Generate(
+                    imagegen_pb2.GenerateRequest(prompt="a", png_level=10), timeout=5
+                )
+            ),
+            "png_level",
+        ),
+        Case(
             "long negative prompt",
             "imagegen",
             imagegen(negative_prompt="n" * 1001),

@@ -25,31 +25,31 @@ _sym_db = _symbol_database.Default()
 from threegen.common.v1 import common_pb2 as threegen_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#threegen/imagegen/v1/imagegen.proto\x12\x14threegen.imagegen.v1\x1a\x1fthreegen/common/v1/common.proto\")\n\nLoraWeight\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x02\"\xa6\x02\n\x0cImageOptions\x12/\n\x05model\x18\x01 \x01(\x0e\x32 .threegen.imagegen.v1.ImageModel\x12\x17\n\x0fnegative_prompt\x18\x02 \x01(\t\x12\r\n\x05steps\x18\x03 \x01(\r\x12\x16\n\x0eguidance_scale\x18\x04 \x01(\x02\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06height\x18\x06 \x01(\r\x12\x11\n\tnum_views\x18\x07 \x01(\r\x12\r\n\x05top_k\x18\x08 \x01(\r\x12/\n\x05loras\x18\t \x03(\x0b\x32 .threegen.imagegen.v1.LoraWeight\x12\x19\n\x11remove_background\x18\n \x01(\x08\x12\x18\n\x10\x66oreground_ratio\x18\x0b \x01(\x02\"\x89\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x11\n\x04seed\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x33\n\x07options\x18\x03 \x01(\x0b\x32\".threegen.imagegen.v1.ImageOptions\x12\x15\n\rvalidate_only\x18\x04 \x01(\x08\x42\x07\n\x05_seed\"`\n\rGeneratedView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tcandidate\x18\x02 \x01(\r\x12\x0c\n\x04seed\x18\x03 \x01(\r\x12\x12\n\nclip_score\x18\x04 \x01(\x02\x12\x0c\n\x04rank\x18\x05 \x01(\r\"\xdb\x01\n\x0eGenerateResult\x12\x0c\n\x04seed\x18\x01 \x01(\r\x12\x32\n\x05views\x18\x02 \x03(\x0b\x32#.threegen.imagegen.v1.GeneratedView\x12\x33\n\tartifacts\x18\x03 \x03(\x0b\x32 .threegen.common.v1.ArtifactInfo\x12+\n\x07timings\x18\x04 \x03(\x0b\x32\x1a.threegen.common.v1.Timing\x12\r\n\x05model\x18\x05 \x01(\t\x12\x16\n\x0e\x62\x61tch_requests\x18\x06 \x01(\r\"\xb1\x01\n\x10GenerateResponse\x12\x30\n\x08progress\x18\x01 \x01(\x0b\x32\x1c.threegen.common.v1.ProgressH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.threegen.common.v1.ChunkH\x00\x12\x36\n\x06result\x18\x03 \x01(\x0b\x32$.threegen.imagegen.v1.GenerateResultH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"C\n\x12ListModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.threegen.common.v1.ModelInfo*_\n\nImageModel\x12\x1b\n\x17IMAGE_MODEL_UNSPECIFIED\x10\x00\x12\x18\n\x14IMAGE_MODEL_SD_TURBO\x10\x01\x12\x1a\n\x16IMAGE_MODEL_SDXL_TURBO\x10\x02\x32\xcf\x01\n\x0fImageGenService\x12[\n\x08Generate\x12%.threegen.imagegen.v1.GenerateRequest\x1a&.threegen.imagegen.v1.GenerateResponse0\x01\x12_\n\nListModels\x12\'.threegen.imagegen.v1.ListModelsRequest\x1a(.threegen.imagegen.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#threegen/imagegen/v1/imagegen.proto\x12\x14threegen.imagegen.v1\x1a\x1fthreegen/common/v1/common.proto\")\n\nLoraWeight\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x02\"\xa6\x02\n\x0cImageOptions\x12/\n\x05model\x18\x01 \x01(\x0e\x32 .threegen.imagegen.v1.ImageModel\x12\x17\n\x0fnegative_prompt\x18\x02 \x01(\t\x12\r\n\x05steps\x18\x03 \x01(\r\x12\x16\n\x0eguidance_scale\x18\x04 \x01(\x02\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06height\x18\x06 \x01(\r\x12\x11\n\tnum_views\x18\x07 \x01(\r\x12\r\n\x05top_k\x18\x08 \x01(\r\x12/\n\x05loras\x18\t \x03(\x0b\x32 .threegen.imagegen.v1.LoraWeight\x12\x19\n\x11remove_background\x18\n \x01(\x08\x12\x18\n\x10\x66oreground_ratio\x18\x0b \x01(\x02\"\xaf\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x11\n\x04seed\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x33\n\x07options\x18\x03 \x01(\x0b\x32\".threegen.imagegen.v1.ImageOptions\x12\x15\n\rvalidate_only\x18\x04 \x01(\x08\x12\x16\n\tpng_level\x18\x05 \x01(\rH\x01\x88\x01\x01\x42\x07\n\x05_seedB\x0c\n\n_png_level\"`\n\rGeneratedView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tcandidate\x18\x02 \x01(\r\x12\x0c\n\x04seed\x18\x03 \x01(\r\x12\x12\n\nclip_score\x18\x04 \x01(\x02\x12\x0c\n\x04rank\x18\x05 \x01(\r\"\xdb\x01\n\x0eGenerateResult\x12\x0c\n\x04seed\x18\x01 \x01(\r\x12\x32\n\x05views\x18\x02 \x03(\x0b\x32#.threegen.imagegen.v1.GeneratedView\x12\x33\n\tartifacts\x18\x03 \x03(\x0b\x32 .threegen.common.v1.ArtifactInfo\x12+\n\x07timings\x18\x04 \x03(\x0b\x32\x1a.threegen.common.v1.Timing\x12\r\n\x05model\x18\x05 \x01(\t\x12\x16\n\x0e\x62\x61tch_requests\x18\x06 \x01(\r\"\xb1\x01\n\x10GenerateResponse\x12\x30\n\x08progress\x18\x01 \x01(\x0b\x32\x1c.threegen.common.v1.ProgressH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.threegen.common.v1.ChunkH\x00\x12\x36\n\x06result\x18\x03 \x01(\x0b\x32$.threegen.imagegen.v1.GenerateResultH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"C\n\x12ListModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.threegen.common.v1.ModelInfo*_\n\nImageModel\x12\x1b\n\x17IMAGE_MODEL_UNSPECIFIED\x10\x00\x12\x18\n\x14IMAGE_MODEL_SD_TURBO\x10\x01\x12\x1a\n\x16IMAGE_MODEL_SDXL_TURBO\x10\x02\x32\xcf\x01\n\x0fImageGenService\x12[\n\x08Generate\x12%.threegen.imagegen.v1.GenerateRequest\x1a&.threegen.imagegen.v1.GenerateResponse0\x01\x12_\n\nListModels\x12\'.threegen.imagegen.v1.ListModelsRequest\x1a(.threegen.imagegen.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'threegen.imagegen.v1.imagegen_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMAGEMODEL']._serialized_start=1164
-  _globals['_IMAGEMODEL']._serialized_end=1259
+  _globals['_IMAGEMODEL']._serialized_start=1202
+  _globals['_IMAGEMODEL']._serialized_end=1297
   _globals['_LORAWEIGHT']._serialized_start=94
   _globals['_LORAWEIGHT']._serialized_end=135
   _globals['_IMAGEOPTIONS']._serialized_start=138
   _globals['_IMAGEOPTIONS']._serialized_end=432
   _globals['_GENERATEREQUEST']._serialized_start=435
-  _globals['_GENERATEREQUEST']._serialized_end=572
-  _globals['_GENERATEDVIEW']._serialized_start=574
-  _globals['_GENERATEDVIEW']._serialized_end=670
-  _globals['_GENERATERESULT']._serialized_start=673
-  _globals['_GENERATERESULT']._serialized_end=892
-  _globals['_GENERATERESPONSE']._serialized_start=895
-  _globals['_GENERATERESPONSE']._serialized_end=1072
-  _globals['_LISTMODELSREQUEST']._serialized_start=1074
-  _globals['_LISTMODELSREQUEST']._serialized_end=1093
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1095
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1162
-  _globals['_IMAGEGENSERVICE']._serialized_start=1262
-  _globals['_IMAGEGENSERVICE']._serialized_end=1469
+  _globals['_GENERATEREQUEST']._serialized_end=610
+  _globals['_GENERATEDVIEW']._serialized_start=612
+  _globals['_GENERATEDVIEW']._serialized_end=708
+  _globals['_GENERATERESULT']._serialized_start=711
+  _globals['_GENERATERESULT']._serialized_end=930
+  _globals['_GENERATERESPONSE']._serialized_start=933
+  _globals['_GENERATERESPONSE']._serialized_end=1110
+  _globals['_LISTMODELSREQUEST']._serialized_start=1112
+  _globals['_LISTMODELSREQUEST']._serialized_end=1131
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1133
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1200
+  _globals['_IMAGEGENSERVICE']._serialized_start=1300
+  _globals['_IMAGEGENSERVICE']._serialized_end=1507
 # @@protoc_insertion_point(module_scope)

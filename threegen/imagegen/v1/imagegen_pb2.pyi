@@ -156,12 +156,18 @@ class GenerateRequest(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    PNG_LEVEL_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """What to draw. Required, at most 1000 characters."""
     seed: _builtins.int
     """Random seed, 0..2^32-1; a random one is chosen when absent and returned in the result."""
     validate_only: _builtins.bool
     """Only check the request: the stream ends with an empty result and nothing is generated."""
+    png_level: _builtins.int
+    """zlib level of the returned PNGs, 0..9; the service's THREEGEN_IMAGEGEN_PNG_LEVEL when absent.
+    0 (stored) is the quickest to write and to read, at about 1.2x the bytes of level 1 on a
+    diffusion image: the gateway asks for it, since its image goes straight on to recon.
+    """
     @_builtins.property
     def options(self) -> Global___ImageOptions:
         """How to draw it."""
@@ -173,13 +179,19 @@ class GenerateRequest(_message.Message):
         seed: _builtins.int | None = ...,
         options: Global___ImageOptions | None = ...,
         validate_only: _builtins.bool = ...,
+        png_level: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "options", b"options", "seed", b"seed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_png_level", b"_png_level", "_seed", b"_seed", "options", b"options", "png_level", b"png_level", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "options", b"options", "prompt", b"prompt", "seed", b"seed", "validate_only", b"validate_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_png_level", b"_png_level", "_seed", b"_seed", "options", b"options", "png_level", b"png_level", "prompt", b"prompt", "seed", b"seed", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__png_level: _TypeAlias = _typing.Literal["png_level"]  # noqa: Y015
+    _WhichOneofArgType__png_level: _TypeAlias = _typing.Literal["_png_level", b"_png_level"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__png_level) -> _WhichOneofReturnType__png_level | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
 
 Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
