@@ -449,6 +449,11 @@ class GeneratePipeline:
         if direct is not None:
             run.deferred.append(direct)
             run.artifacts.append(direct.info())
+        if run.geometry_kind == common_pb2.GEOMETRY_KIND_POINT_CLOUD and options.HasField(
+            "reconstruct_surface"
+        ):
+            run.deferred.append(geometry)  # render returns only the mesh made from the points: the
+            run.artifacts.append(geometry.info())  # points themselves (XCube's result) go from here
         async for response in self._deliver(run, uploaded, call):
             yield response
         collector = ArtifactCollector("render.chunk", verify=False)  # relayed: the client checks

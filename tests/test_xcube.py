@@ -162,10 +162,14 @@ def test_through_the_gateway_text_to_points_and_a_reconstructed_mesh(stack, tiny
         _, files, result = run_generate(gateway.address, request)
     assert result.family == common_pb2.FAMILY_XCUBE
     assert "image.png" not in files  # text-native: no image stage
-    # the fine points went to render, which meshed them for the exports and the preview
-    assert {"mesh.glb", "mesh.ply", "points_coarse.ply", "preview.mp4"} <= set(files), sorted(files)
+    # the fine points went to render, which meshed them for the exports and the preview; the
+    # points themselves reach the client too
+    assert {"mesh.glb", "mesh.ply", "points.ply", "points_coarse.ply", "preview.mp4"} <= set(files)
     mesh = trimesh.load(io.BytesIO(files["mesh.glb"].data), file_type="glb", force="mesh")
     assert len(mesh.faces) > 0
+    points = trimesh.load(io.BytesIO(files["points.ply"].data), file_type="ply")
+    assert len(points.vertices) > 0 and not hasattr(points, "faces")
+    assert {a.name for a in result.artifacts} == set(files)
 
 
 def test_published_objaverse_layout_on_the_meta_device(tmp_path) -> None:
