@@ -59,3 +59,31 @@ class StageOverrides:
                 stage,
                 replace(base, steps=steps or base.steps, cfg_strength=guidance or base.cfg_strength),
             )
+
+
+@dataclass
+class FlowRequest:
+    """What a request asks of a two-stage flow family: the decoded outputs and stage overrides.
+    The options messages of both families share these fields (simplify, texture_size,
+    with_gaussians, <stage>_steps, <stage>_guidance)."""
+
+    params: FlowParams
+    simplify: float = 0.95
+    texture_size: int = 1024
+    with_gaussians: bool = False
+    overrides: StageOverrides = field(default_factory=StageOverrides)
+
+    @classmethod
+    def parse(cls, options: Any | None, prefix: str, violations: Violations) -> Any:
+        request = cls(FlowParams())
+        if options is None:
+            return request
+        if options.HasField("simplify"):
+            violations.in_range(options.simplify, 0.0, 0.99, f"{prefix}.simplify")
+            request.simplify = options.simplify
+        if options.texture_size:
+            violations.in_range(options.texture_size, 128, 4096, f"{prefix}.texture_size")
+            request.texture_size = options.texture_size
+        request.with_gaussians = options.with_gaussians
+        request.overrides = StageOverrides.parse(options, prefix, violations)
+        return request

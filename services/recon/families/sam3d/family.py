@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,7 +13,7 @@ from PIL import Image
 from services.recon.families.base import Family, ReconInput, ReconOutput
 from services.recon.families.sam3d import loader, preprocess
 from services.recon.families.sam3d.engine import Sam3dEngine
-from services.recon.families.stages import FlowParams, StageOverrides
+from services.recon.families.stages import FlowRequest
 from services.recon.families.trellis.meshing import finish_mesh
 from services.recon.gaussians import ply_artifact
 from threegen.chunks import Artifact
@@ -26,13 +26,8 @@ log = logging.getLogger("threegen.recon.sam3d")
 
 
 @dataclass
-class Sam3dRequest:
-    params: FlowParams
+class Sam3dRequest(FlowRequest):
     with_texture: bool = True
-    simplify: float = 0.95
-    texture_size: int = 1024
-    with_gaussians: bool = False
-    overrides: StageOverrides = field(default_factory=StageOverrides)
 
 
 class Sam3dFamily(Family):
@@ -46,19 +41,9 @@ class Sam3dFamily(Family):
         return self.settings.sam3d_model
 
     def parse_options(self, options: Any | None, violations: Violations) -> Sam3dRequest:
-        request = Sam3dRequest(FlowParams())
-        if options is None:
-            return request
-        if options.HasField("with_texture"):
+        request = Sam3dRequest.parse(options, "options.sam3d", violations)
+        if options is not None and options.HasField("with_texture"):
             request.with_texture = options.with_texture
-        if options.HasField("simplify"):
-            violations.in_range(options.simplify, 0.0, 0.99, "options.sam3d.simplify")
-            request.simplify = options.simplify
-        if options.texture_size:
-            violations.in_range(options.texture_size, 128, 4096, "options.sam3d.texture_size")
-            request.texture_size = options.texture_size
-        request.with_gaussians = options.with_gaussians
-        request.overrides = StageOverrides.parse(options, "options.sam3d", violations)
         return request
 
     def load(self) -> None:

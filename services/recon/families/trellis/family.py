@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from services.recon.families.base import Family, ReconInput, ReconOutput
-from services.recon.families.stages import FlowParams, StageOverrides
+from services.recon.families.stages import FlowRequest
 from services.recon.families.trellis import loader
 from services.recon.families.trellis.engine import TrellisEngine
 from services.recon.families.trellis.meshing import finish_mesh
@@ -21,15 +20,6 @@ from threegen.geometry import points_stats
 from threegen.runtime.work import Reporter
 
 log = logging.getLogger("threegen.recon.trellis")
-
-
-@dataclass
-class TrellisRequest:
-    params: FlowParams
-    simplify: float = 0.95
-    texture_size: int = 1024
-    with_gaussians: bool = False
-    overrides: StageOverrides = field(default_factory=StageOverrides)
 
 
 class TrellisFamily(Family):
@@ -44,19 +34,8 @@ class TrellisFamily(Family):
         text = self.settings.trellis_text_model
         return self.settings.trellis_model + (f" + {text}" if text else "")
 
-    def parse_options(self, options: Any | None, violations: Violations) -> TrellisRequest:
-        request = TrellisRequest(FlowParams())
-        if options is None:
-            return request
-        if options.HasField("simplify"):
-            violations.in_range(options.simplify, 0.0, 0.99, "options.trellis.simplify")
-            request.simplify = options.simplify
-        if options.texture_size:
-            violations.in_range(options.texture_size, 128, 4096, "options.trellis.texture_size")
-            request.texture_size = options.texture_size
-        request.with_gaussians = options.with_gaussians
-        request.overrides = StageOverrides.parse(options, "options.trellis", violations)
-        return request
+    def parse_options(self, options: Any | None, violations: Violations) -> FlowRequest:
+        return FlowRequest.parse(options, "options.trellis", violations)
 
     def load(self) -> None:
         shared: dict[str, torch.nn.Module] = {}
@@ -75,7 +54,7 @@ class TrellisFamily(Family):
         self.memory_bytes = self.resident_bytes(m for e in self.engines.values() for m in e.modules())
 
     def run(self, job: ReconInput, reporter: Reporter) -> ReconOutput:
-        request: TrellisRequest = job.options
+        request: FlowRequest = job.options
         kind = "image" if job.image is not None else "text"
         engine = self.engines.get(kind)
         if engine is None:
