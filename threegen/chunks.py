@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from threegen.common.v1 import common_pb2
 from threegen.errors import InvalidArgument
 
-CHUNK_BYTES = 1 << 20  # 1 MiB: a quarter of gRPC's default 4 MiB message limit.
+# 256 KiB: well under gRPC's default 4 MiB message limit, and quicker end to end than 1 MiB, as
+# the receiver works on one chunk while the next is on the wire: a 4 MB file between two processes
+# over aio streams took 10.9 ms against 12.1 ms (p50 of 4 alternating rounds, 2-core CPU host).
+CHUNK_BYTES = 256 << 10
 
 MEDIA_TYPES = {
     ".glb": "model/gltf-binary",

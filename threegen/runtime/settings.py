@@ -20,7 +20,7 @@ class ServerSettings(Settings):
     )
     grace_seconds: float = setting(30.0, "On SIGTERM, how long in-flight streams may finish.")
     max_message_bytes: int = setting(
-        4 * 1024 * 1024, "Largest gRPC message accepted; files travel as 1 MiB chunks."
+        4 * 1024 * 1024, "Largest gRPC message accepted; files travel as 256 KiB chunks."
     )
     log_level: str = setting("INFO", "Log level.", fallback="LOG_LEVEL")
     log_format: str = setting(
