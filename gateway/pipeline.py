@@ -72,6 +72,18 @@ class Prepared:
 
 
 @dataclass
+class RenderCall:
+    """render's call, under way while its geometry is still arriving from recon."""
+
+    call: object  # grpc.aio stream-stream call
+    name: str  # the geometry file being passed on
+    kind: int
+    chunks: asyncio.Queue  # recon's chunks of that file, in order; render's upload reads them
+    uploaded: asyncio.Event  # set once render has the whole file, or its call ended early
+    direct: int | None  # the export served from recon's own file (see GeneratePipeline._direct_type)
+
+
+@dataclass
 class Run:
     """State of one Generate call."""
 
@@ -94,6 +106,8 @@ class Run:
     # Files we hold for the client, sent once the next backend has its input: that upload is on
     # the request's critical path, the client's copy is not.
     deferred: list[Artifact] = field(default_factory=list)
+    render: RenderCall | None = None
+    relay_decided: bool = False
 
     def progress(self, event: common_pb2.Progress, stage: int) -> gateway_pb2.GenerateResponse:
         start = 0.0
@@ -266,13 +280,17 @@ class GeneratePipeline:
         run.timings.append(
             common_pb2.Timing(stage=common_pb2.STAGE_QUEUED, step="check", seconds=prepared.seconds)
         )
-        if prepared.via_imagegen:
-            async for response in self._image(run):
+        try:
+            if prepared.via_imagegen:
+                async for response in self._image(run):
+                    yield response
+            async for response in self._reconstruct(run):
                 yield response
-        async for response in self._reconstruct(run):
-            yield response
-        async for response in self._render(run):
-            yield response
+            async for response in self._render(run):
+                yield response
+        finally:
+            if run.render is not None and not run.render.call.done():  # type: ignore[attr-defined]
+                run.render.call.cancel()  # type: ignore[attr-defined]
         yield gateway_pb2.GenerateResponse(
             result=gateway_pb2.GenerateResult(
                 seed=run.seed,
@@ -392,6 +410,7 @@ class GeneratePipeline:
                 yield run.progress(response.progress, common_pb2.STAGE_RECONSTRUCT)
             elif kind == "chunk":
                 self._collect(collector, response.chunk, "recon")
+                self._relay(run, response.chunk)
             else:
                 result = response.result
         if result is None or not result.artifacts:
@@ -407,57 +426,85 @@ class GeneratePipeline:
         self._overhead(run, common_pb2.STAGE_RECONSTRUCT, started, result.timings)
 
     @staticmethod
-    def _direct_export(run: Run, options: render_pb2.RenderOptions) -> Artifact | None:
-        """recon's mesh file, when one requested export is that very file: render would return
-        it unchanged (no simplification, no texture limit), so it is taken out of render's
-        list and sent from here instead of making the round trip."""
-        geometry = run.geometry
-        if geometry is None or run.geometry_kind != common_pb2.GEOMETRY_KIND_MESH:
+    def _direct_type(options: render_pb2.RenderOptions, kind: int, head: bytes) -> int | None:
+        """The export that is recon's mesh file itself, when one is requested: render would
+        return it unchanged (no simplification, no texture limit), so it is taken out of
+        render's list and sent from here instead of making the round trip."""
+        if kind != common_pb2.GEOMETRY_KIND_MESH:
             return None
         if options.HasField("simplify") or options.texture_size_limit:
             return None
-        file_type = {b"glTF": render_pb2.MESH_FORMAT_GLB, b"ply\n": render_pb2.MESH_FORMAT_PLY}.get(
-            geometry.data[:4]
-        )
+        file_type = {b"glTF": render_pb2.MESH_FORMAT_GLB, b"ply\n": render_pb2.MESH_FORMAT_PLY}.get(head[:4])
         if file_type is None or file_type not in options.exports:
             return None
         kept = [f for f in options.exports if f != file_type]
         del options.exports[:]
         options.exports.extend(kept)
-        suffix = render_pb2.MeshFormat.Name(file_type).removeprefix("MESH_FORMAT_").lower()
-        return Artifact(f"mesh.{suffix}", geometry.data, sha256=geometry.sha256)
+        return file_type
+
+    def _start_render(self, run: Run, kind: int, first: common_pb2.Chunk) -> RenderCall:
+        """Open render's call for the file whose first chunk this is; its chunks follow through
+        the queue as they come."""
+        options = render_pb2.RenderOptions()
+        options.CopyFrom(run.outputs)
+        direct = self._direct_type(options, kind, first.data)
+        params = render_pb2.RenderParams(kind=kind, options=options)
+        chunks: asyncio.Queue = asyncio.Queue()
+        uploaded = asyncio.Event()
+
+        async def requests() -> AsyncIterator[render_pb2.RenderRequest]:
+            yield render_pb2.RenderRequest(params=params)
+            while True:
+                chunk = await chunks.get()
+                yield render_pb2.RenderRequest(geometry=chunk)
+                if chunk.last:
+                    break
+            uploaded.set()
+
+        call = self.backends.render.Render(requests(), timeout=run.timeout(), metadata=call_metadata())
+        call.add_done_callback(lambda _: uploaded.set())
+        return RenderCall(call, first.name, kind, chunks, uploaded, direct)
+
+    def _relay(self, run: Run, chunk: common_pb2.Chunk) -> None:
+        """recon's mesh goes on to render chunk by chunk as it arrives, so the two transfers
+        overlap. Only for a GLB, the one format that says from its first bytes what it holds (a
+        mesh); a PLY may be points, splats or a mesh, and waits for recon's result."""
+        if not run.relay_decided:
+            run.relay_decided = True  # recon sends its main file first
+            if chunk.offset == 0 and chunk.data[:4] == b"glTF":
+                run.render = self._start_render(run, common_pb2.GEOMETRY_KIND_MESH, chunk)
+        if run.render is not None and chunk.name == run.render.name:
+            run.render.chunks.put_nowait(chunk)
 
     async def _render(self, run: Run) -> AsyncIterator[gateway_pb2.GenerateResponse]:
         assert run.geometry is not None
         geometry = run.geometry
-        options = render_pb2.RenderOptions()
-        options.CopyFrom(run.outputs)
-        direct = self._direct_export(run, options)
-        params = render_pb2.RenderParams(kind=run.geometry_kind, options=options)
-
-        async def requests() -> AsyncIterator[render_pb2.RenderRequest]:
-            yield render_pb2.RenderRequest(params=params)
-            for chunk in iter_chunks(geometry):
-                yield render_pb2.RenderRequest(geometry=chunk)
-            uploaded.set()
-
         started = time.perf_counter()
-        # The call starts now; the files we already hold go to the client while render works.
-        uploaded = asyncio.Event()  # set once the request stream is written, or the call ended early
-        call = self.backends.render.Render(requests(), timeout=run.timeout(), metadata=call_metadata())
-        call.add_done_callback(lambda _: uploaded.set())
-        if direct is not None:
+        if run.render is None:
+            run.render = self._start_render(run, run.geometry_kind, next(iter_chunks(geometry)))
+            for chunk in iter_chunks(geometry):
+                run.render.chunks.put_nowait(chunk)
+        elif (run.render.name, run.render.kind) != (geometry.name, run.geometry_kind):
+            raise Internal(
+                f"recon's main file is {geometry.name} ({common_pb2.GeometryKind.Name(run.geometry_kind)}), "
+                f"but {run.render.name} went to render"
+            )
+        render = run.render
+        # The files we already hold go to the client while render works.
+        if render.direct is not None:
+            suffix = render_pb2.MeshFormat.Name(render.direct).removeprefix("MESH_FORMAT_").lower()
+            direct = Artifact(f"mesh.{suffix}", geometry.data, sha256=geometry.sha256)
             run.deferred.append(direct)
             run.artifacts.append(direct.info())
-        if run.geometry_kind == common_pb2.GEOMETRY_KIND_POINT_CLOUD and options.HasField(
+        if run.geometry_kind == common_pb2.GEOMETRY_KIND_POINT_CLOUD and run.outputs.HasField(
             "reconstruct_surface"
         ):
             run.deferred.append(geometry)  # render returns only the mesh made from the points: the
             run.artifacts.append(geometry.info())  # points themselves (XCube's result) go from here
-        async for response in self._deliver(run, uploaded, call):
+        async for response in self._deliver(run, render.uploaded, render.call):
             yield response
         collector = ArtifactCollector("render.chunk", verify=False)  # relayed: the client checks
-        async for response in self._stream(call, "render", RENAME_RENDER):
+        async for response in self._stream(render.call, "render", RENAME_RENDER):
             kind = response.WhichOneof("event")
             if kind == "progress":
                 yield run.progress(response.progress, common_pb2.STAGE_RENDER)

@@ -1,12 +1,16 @@
-"""The gateway holds the client's copy of a file until the next backend has received its input."""
+"""How the gateway moves files between stages: the client's copy of a file waits until the next
+backend has its input, and recon's GLB goes on to render chunk by chunk as it arrives."""
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
-from gateway.pipeline import GeneratePipeline, Prepared, Run
-from threegen.chunks import Artifact, ArtifactCollector
+from gateway.pipeline import GeneratePipeline, Prepared, Run, default_outputs
+from threegen.chunks import Artifact, ArtifactCollector, iter_chunks
+from threegen.common.v1 import common_pb2
 from threegen.gateway.v1 import gateway_pb2
+from threegen.render.v1 import render_pb2
 
 
 class BackendCall:
@@ -19,9 +23,23 @@ class BackendCall:
         self.cancelled = True
         return True
 
+    def add_done_callback(self, callback) -> None:
+        pass
+
+
+class RenderStub:
+    """What the pipeline uses of render's stub: Render(requests) -> call; keeps the requests."""
+
+    def __init__(self) -> None:
+        self.requests = None
+
+    def Render(self, requests, **_) -> BackendCall:
+        self.requests = requests
+        return BackendCall()
+
 
 def a_run(*files: Artifact) -> Run:
-    run = Run(gateway_pb2.GenerateRequest(), Prepared(), None, 0, {}, lambda: None)  # type: ignore[arg-type]
+    run = Run(gateway_pb2.GenerateRequest(), Prepared(), default_outputs(), 0, {}, lambda: None)
     run.deferred.extend(files)
     return run
 
@@ -73,3 +91,44 @@ def test_nothing_deferred_does_not_wait() -> None:
         return sent
 
     assert asyncio.run(scenario()) == []
+
+
+def relayed(head: bytes, *extra: Artifact) -> tuple[Run, RenderStub, list, Artifact]:
+    """recon's stream as the gateway sees it: a 1 MB main file starting with `head`, then `extra`."""
+    stub = RenderStub()
+    pipeline = GeneratePipeline(SimpleNamespace(render=stub), None, lambda _: None)  # type: ignore[arg-type]
+    run, main = a_run(), Artifact("mesh.glb" if head == b"glTF" else "points.ply", head + bytes(1 << 20))
+    opened = []  # whether render's call was open after each chunk
+    for artifact in (main, *extra):
+        for chunk in iter_chunks(artifact):
+            pipeline._relay(run, chunk)
+            opened.append(run.render is not None)
+    return run, stub, opened, main
+
+
+def test_a_glb_goes_on_to_render_from_its_first_chunk() -> None:
+    splats = Artifact("splats.ply", b"ply\n" + bytes(300_000))
+    run, stub, opened, mesh = relayed(b"glTF", splats)
+    assert all(opened)  # render's call opened on the first chunk, before the rest arrived
+    assert run.render.kind == common_pb2.GEOMETRY_KIND_MESH
+    assert run.render.direct == render_pb2.MESH_FORMAT_GLB  # the GLB export is recon's own file
+
+    async def upload() -> list:
+        return [r async for r in stub.requests]
+
+    sent = asyncio.run(upload())
+    params = sent[0].params
+    assert params.kind == common_pb2.GEOMETRY_KIND_MESH
+    assert list(params.options.exports) == [render_pb2.MESH_FORMAT_PLY]  # render makes only the PLY
+    assert params.options.preview.fps == 16
+    files = ArtifactCollector()
+    for request in sent[1:]:
+        files.add(request.geometry)
+    assert list(files.finished) == ["mesh.glb"]  # the splats were not sent to render
+    assert files.finished["mesh.glb"].data == mesh.data
+    assert run.render.uploaded.is_set()
+
+
+def test_a_ply_waits_for_recons_result() -> None:
+    run, stub, opened, _ = relayed(b"ply\n")  # points, splats or a mesh: only the result says
+    assert run.render is None and not any(opened) and stub.requests is None
