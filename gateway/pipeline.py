@@ -107,7 +107,7 @@ class Run:
     # the request's critical path, the client's copy is not.
     deferred: list[Artifact] = field(default_factory=list)
     render: RenderCall | None = None
-    relay_decided: bool = False
+    relay_decided: bool = False  # recon's first chunk was seen (and render's call opened, for a GLB)
 
     def progress(self, event: common_pb2.Progress, stage: int) -> gateway_pb2.GenerateResponse:
         start = 0.0
