@@ -187,7 +187,7 @@ def main() -> None:
         writers = {"sd-turbo": write_sd_turbo, "triposr": lambda f: write_triposr(f, device="cuda"),
                    "clip": write_clip}  # fmt: skip
         for name, write in writers.items():
-            done = folders[name] / ".complete"  # a run cut off mid-write leaves no half folder behind
+            done = folders[name] / ".complete"  # a folder a cut-off run left half-written is written again
             if not done.exists():
                 write(folders[name])
                 done.touch()
