@@ -78,7 +78,7 @@ class RenderCall:
     call: object  # grpc.aio stream-stream call
     name: str  # the geometry file being passed on
     kind: int
-    chunks: asyncio.Queue  # recon's chunks of that file, in order; render's upload reads them
+    chunks: asyncio.Queue  # recon's chunks of that file, in order, then None if recon stopped short
     uploaded: asyncio.Event  # set once render has the whole file, or its call ended early
     direct: int | None  # the export served from recon's own file (see GeneratePipeline._direct_type)
 
@@ -289,8 +289,7 @@ class GeneratePipeline:
             async for response in self._render(run):
                 yield response
         finally:
-            if run.render is not None and not run.render.call.done():  # type: ignore[attr-defined]
-                run.render.call.cancel()  # type: ignore[attr-defined]
+            self._close_render(run)
         yield gateway_pb2.GenerateResponse(
             result=gateway_pb2.GenerateResult(
                 seed=run.seed,
@@ -322,7 +321,10 @@ class GeneratePipeline:
 
     @staticmethod
     def _overhead(run: Run, stage: int, started: float, backend_timings: object) -> None:
-        """What a backend call cost beyond the work it reports: transfer, plumbing, queueing."""
+        """What a backend call cost beyond the work it reports: transfer, plumbing, queueing.
+        Render's clock starts when recon's stream has ended: a GLB upload that overlapped recon's
+        transfer is in recon's figure. A stage's figure also holds any time the client took to
+        receive the files sent to it during that stage beyond the backend's own work."""
         worked = sum(t.seconds for t in backend_timings)  # type: ignore[attr-defined]
         run.timings.append(
             common_pb2.Timing(
@@ -454,16 +456,26 @@ class GeneratePipeline:
 
         async def requests() -> AsyncIterator[render_pb2.RenderRequest]:
             yield render_pb2.RenderRequest(params=params)
-            while True:
-                chunk = await chunks.get()
+            while (chunk := await chunks.get()) is not None:
                 yield render_pb2.RenderRequest(geometry=chunk)
                 if chunk.last:
-                    break
-            uploaded.set()
+                    uploaded.set()
+                    return
 
         call = self.backends.render.Render(requests(), timeout=run.timeout(), metadata=call_metadata())
         call.add_done_callback(lambda _: uploaded.set())
         return RenderCall(call, first.name, kind, chunks, uploaded, direct)
+
+    @staticmethod
+    def _close_render(run: Run) -> None:
+        """However the request ends: cancel render's call if it is still going, and end its
+        upload, which may be waiting for chunks that will not come (gRPC leaves the task reading
+        it running when the call ended by itself)."""
+        if run.render is None:
+            return
+        run.render.chunks.put_nowait(None)
+        if not run.render.call.done():  # type: ignore[attr-defined]
+            run.render.call.cancel()  # type: ignore[attr-defined]
 
     def _relay(self, run: Run, chunk: common_pb2.Chunk) -> None:
         """recon's mesh goes on to render chunk by chunk as it arrives, so the two transfers

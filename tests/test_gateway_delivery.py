@@ -14,10 +14,13 @@ from threegen.render.v1 import render_pb2
 
 
 class BackendCall:
-    """What _deliver uses of a grpc.aio call: cancel()."""
+    """What the pipeline uses of a grpc.aio call: cancel(), done(), add_done_callback()."""
 
     def __init__(self) -> None:
         self.cancelled = False
+
+    def done(self) -> bool:
+        return self.cancelled
 
     def cancel(self) -> bool:
         self.cancelled = True
@@ -132,3 +135,26 @@ def test_a_glb_goes_on_to_render_from_its_first_chunk() -> None:
 def test_a_ply_waits_for_recons_result() -> None:
     run, stub, opened, _ = relayed(b"ply\n")  # points, splats or a mesh: only the result says
     assert run.render is None and not any(opened) and stub.requests is None
+
+
+def test_a_request_that_ends_early_cancels_render_and_ends_its_upload() -> None:
+    stub = RenderStub()
+    pipeline = GeneratePipeline(SimpleNamespace(render=stub), None, lambda _: None)  # type: ignore[arg-type]
+    run = a_run()
+    first = next(iter_chunks(Artifact("mesh.glb", b"glTF" + bytes(1 << 20))))
+    pipeline._relay(run, first)  # recon then fails: the rest of the file never comes
+
+    async def scenario() -> list:
+        upload = asyncio.ensure_future(asyncio.wait_for(_drain(stub.requests), 5))
+        await asyncio.sleep(0.05)
+        assert not upload.done()  # render's upload waits for recon's next chunk
+        GeneratePipeline._close_render(run)
+        return await upload
+
+    sent = asyncio.run(scenario())
+    assert [r.WhichOneof("part") for r in sent] == ["params", "geometry"]
+    assert run.render.call.cancelled and not run.render.uploaded.is_set()
+
+
+async def _drain(requests) -> list:
+    return [r async for r in requests]
