@@ -51,6 +51,9 @@ def cuda_sync() -> None:
         torch.cuda.synchronize()
 
 
+PIDS: dict[str, int] = {}  # module -> pid of the service process started for it
+
+
 @contextmanager
 def service_process(module: str, env: dict[str, str], port: int, log: Path, timeout: float = 240):
     """Run `python -m module` with env until SERVING on port; stop it afterwards. A service whose
@@ -65,6 +68,7 @@ def service_process(module: str, env: dict[str, str], port: int, log: Path, time
         process = subprocess.Popen(
             [sys.executable, "-m", module], env=full, stdout=out, stderr=subprocess.STDOUT, cwd=REPO
         )
+    PIDS[module] = process.pid
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     try:

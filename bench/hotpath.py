@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import tempfile
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.common import cuda_sync, gpu_name, service_process, summary, table
+from bench.common import PIDS, cuda_sync, gpu_name, service_process, summary, table
 from threegen.chunks import ArtifactCollector
 
 PORTS = {"imagegen": 50252, "recon": 50253, "render": 50254, "gateway": 50251}
@@ -258,7 +259,9 @@ def main() -> None:
         report["stages_p50_ms"] = {k: statistics.median(v) * 1000 for k, v in sorted(stage_samples.items())}
         report["artifact_bytes"] = sizes
         memory = gpu_memory_by_pid()
-        report["gpu_memory_mib"] = memory
+        pids = {name: PIDS[module] for name, module in modules.items()} | {"bench (in-process)": os.getpid()}
+        report["gpu_memory_mib"] = {name: memory.get(pid) for name, pid in pids.items()}
+        report["gpu_memory_mib_by_pid"] = memory  # as nvidia-smi lists it, should a pid not match
         print(json.dumps(report, indent=1), flush=True)
 
         if local:
