@@ -59,6 +59,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from services.recon import sparse as sp
+from services.recon.families.xcube import unet_dense
 from services.recon.families.xcube.unet_dense import FeedForward, unet_args, vae_latent_channels
 from services.recon.families.xcube.vae import FvdbSparseConv3d
 from services.recon.sparse import SparseTensor
@@ -168,22 +169,10 @@ class SelfAttention(nn.Module):
         return x.replace(self.to_out(out))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(unet_dense.CrossAttention):
     """XCube's sparse `CrossAttention`: a grid's voxels attend to its sample's context tokens.
-
-    The boolean key mask (True = attend) is applied per sample."""
-
-    def __init__(
-        self, query_dim: int, context_dim: int | None, heads: int, dim_head: int, dropout: float = 0.0
-    ):
-        super().__init__()
-        inner = heads * dim_head
-        context_dim = query_dim if context_dim is None else context_dim
-        self.heads = heads
-        self.to_q = nn.Linear(query_dim, inner, bias=False)
-        self.to_k = nn.Linear(context_dim, inner, bias=False)
-        self.to_v = nn.Linear(context_dim, inner, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(dropout))
+    The layers (and their keys) are the dense one's; the boolean key mask (True = attend) is
+    applied per sample."""
 
     def forward(self, x: SparseTensor, context: torch.Tensor, mask: torch.Tensor | None) -> SparseTensor:
         q = self.to_q(x.feats)
