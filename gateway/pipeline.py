@@ -444,12 +444,12 @@ class GeneratePipeline:
         options.exports.extend(kept)
         return file_type
 
-    def _start_render(self, run: Run, kind: int, first: common_pb2.Chunk) -> RenderCall:
-        """Open render's call for the file whose first chunk this is; its chunks follow through
-        the queue as they come."""
+    def _start_render(self, run: Run, kind: int, name: str, head: bytes) -> RenderCall:
+        """Open render's call for the file `name`, which starts with `head`; its chunks follow
+        through the queue as they come."""
         options = render_pb2.RenderOptions()
         options.CopyFrom(run.outputs)
-        direct = self._direct_type(options, kind, first.data)
+        direct = self._direct_type(options, kind, head)
         params = render_pb2.RenderParams(kind=kind, options=options)
         chunks: asyncio.Queue = asyncio.Queue()
         uploaded = asyncio.Event()
@@ -464,7 +464,7 @@ class GeneratePipeline:
 
         call = self.backends.render.Render(requests(), timeout=run.timeout(), metadata=call_metadata())
         call.add_done_callback(lambda _: uploaded.set())
-        return RenderCall(call, first.name, kind, chunks, uploaded, direct)
+        return RenderCall(call, name, kind, chunks, uploaded, direct)
 
     @staticmethod
     def _close_render(run: Run) -> None:
@@ -483,8 +483,9 @@ class GeneratePipeline:
         mesh); a PLY may be points, splats or a mesh, and waits for recon's result."""
         if not run.relay_decided:
             run.relay_decided = True  # recon sends its main file first
-            if chunk.offset == 0 and chunk.data[:4] == b"glTF":
-                run.render = self._start_render(run, common_pb2.GEOMETRY_KIND_MESH, chunk)
+            head = chunk.data[:4]
+            if chunk.offset == 0 and head == b"glTF":
+                run.render = self._start_render(run, common_pb2.GEOMETRY_KIND_MESH, chunk.name, head)
         if run.render is not None and chunk.name == run.render.name:
             run.render.chunks.put_nowait(chunk)
 
@@ -493,7 +494,7 @@ class GeneratePipeline:
         geometry = run.geometry
         started = time.perf_counter()
         if run.render is None:
-            run.render = self._start_render(run, run.geometry_kind, next(iter_chunks(geometry)))
+            run.render = self._start_render(run, run.geometry_kind, geometry.name, geometry.data[:4])
             for chunk in iter_chunks(geometry):
                 run.render.chunks.put_nowait(chunk)
         elif (run.render.name, run.render.kind) != (geometry.name, run.geometry_kind):
